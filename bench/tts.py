@@ -1,0 +1,394 @@
+"""Speech synthesis latency (issue #3 §10): POST /v1/audio/speech against the engine itself.
+
+    .venv/bin/python -m bench.tts                  # ~2 min; prints a Markdown section
+    .venv/bin/python -m bench.tts --write-docs     # also (re)writes "## Speech synthesis"
+                                                   # in docs/benchmarks.md, nothing else
+    .venv/bin/python -m bench.tts --quick          # fewer samples, a smoke run
+
+One daphne (embedded SQLite in a temp PARLEY_VAR_DIR, `manage.py migrate` first) serves
+Parley. For 100, 1,000 and 4,000 characters of English, every response_format, at
+concurrency 1 and 4, the client measures the time to the first body byte and to the last
+byte (http.client, one connection per request). In the same run, between the HTTP cases,
+the bench process runs the same engine (eSpeak NG through speech.tts, the same wheel) on the
+same text at the same concurrency and measures its first chunk and its full synthesis: the
+server's overhead shows as the difference and the ratio. The daphne process's RSS is sampled
+every 2 ms while a 4,000-character text streams, to report the growth over its idle RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.core import machine_info
+from tests.support.servers import PROJECT_ROOT, DaphneProcess
+
+DOCS = PROJECT_ROOT / "docs" / "benchmarks.md"
+HEADING = "## Speech synthesis"
+FORMATS = ("pcm", "wav", "mp3", "opus", "aac", "flac")
+RAW = ["pcm", "wav"]
+SIZES = (100, 1000, 4000)
+PROSE = (
+    "The committee met on a grey Tuesday morning to review the plans for the new harbour. "
+    "Everyone agreed that the old pier could not survive another winter of storms, yet nobody "
+    "wanted to pay for the repairs. After an hour of polite argument, the chairwoman proposed "
+    "a compromise: the town would borrow half the money, and the fishermen would raise the "
+    "rest with a summer festival. Surprisingly, the motion passed without a single objection! "
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench.tts] {message}", file=sys.stderr, flush=True)
+
+
+def text_of(chars: int) -> str:
+    """English prose cut at a word boundary to about ``chars`` characters, ending a sentence."""
+    text = (PROSE * (chars // len(PROSE) + 2))[:chars]
+    text = text[: text.rfind(" ")] if len(text) == chars else text
+    return text.rstrip(" ,;:") + "."
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    first_ms: float
+    total_ms: float
+    nbytes: int = 0
+    server_first_audio_ms: float | None = None
+    server_ttfb_ms: float | None = None
+
+
+def http_speech(port: int, text: str, fmt: str) -> Sample:
+    body = json.dumps({"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.connect()
+    start = time.perf_counter()
+    connection.request(
+        "POST", "/v1/audio/speech", body=body, headers={"Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    first = response.read(1)
+    first_at = time.perf_counter()
+    rest = response.read()
+    done_at = time.perf_counter()
+    connection.close()
+    if response.status != 200 or not first:
+        raise RuntimeError(f"HTTP {response.status}: {(first + rest)[:300]!r}")
+    sample = Sample((first_at - start) * 1000, (done_at - start) * 1000, len(first) + len(rest))
+    job_id = response.getheader("X-Speech-Job-Id")
+    progress = _get_json(port, f"/v1/status/progress/{job_id}")
+    sample.server_first_audio_ms = progress.get("first_audio_ms")
+    sample.server_ttfb_ms = progress.get("ttfb_ms")
+    return sample
+
+
+def _get_json(port: int, path: str) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(100):  # the job row is written right after the stream ends
+        connection.request("GET", path)
+        body = json.loads(connection.getresponse().read())
+        if body.get("status") == "completed":
+            break
+        time.sleep(0.01)
+    connection.close()
+    return body
+
+
+def engine_synthesis(engine, text: str) -> Sample:
+    start = time.perf_counter()
+    first_at = None
+    nbytes = 0
+    for chunk in engine.synthesize(text, voice="en-us"):
+        if first_at is None and chunk.pcm:
+            first_at = time.perf_counter()
+        nbytes += len(chunk.pcm)
+    done_at = time.perf_counter()
+    return Sample((first_at - start) * 1000, (done_at - start) * 1000, nbytes)
+
+
+def concurrently(concurrency: int, job) -> list[Sample]:
+    barrier = threading.Barrier(concurrency)
+
+    def run(_: int) -> Sample:
+        barrier.wait()
+        return job()
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(run, range(concurrency)))
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def peak_growth_mb(pid: int, request) -> tuple[float, float]:
+    """(idle RSS, peak growth over it while ``request`` runs), in MiB."""
+    idle = rss_kb(pid)
+    peak = idle
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_kb(pid))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        request()
+    finally:
+        stop.set()
+        sampler.join()
+    return idle / 1024, (peak - idle) / 1024
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    chars: int
+    fmt: str
+    concurrency: int
+    server: list[Sample] = field(default_factory=list)
+    engine: list[Sample] = field(default_factory=list)
+
+    @staticmethod
+    def median(samples: list[Sample], attribute: str) -> float:
+        values = [getattr(s, attribute) for s in samples if getattr(s, attribute) is not None]
+        return statistics.median(values) if values else float("nan")
+
+
+def start_server(var_dir: Path, app: str) -> DaphneProcess:
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": None,
+        "REDIS_URL": None,
+        "PARLEY_VAR_DIR": str(var_dir),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=PROJECT_ROOT,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        check=True,
+    )
+    return DaphneProcess(app, env=env, name="daphne-bench-tts")
+
+
+def run(
+    args: argparse.Namespace, app: str, formats: list[str], *, memory_formats: tuple[str, ...]
+) -> tuple[list[Case], dict[str, tuple[float, float]]]:
+    from speech.tts.espeak import EspeakEngine
+
+    engine = EspeakEngine()
+    memory: dict[str, tuple[float, float]] = {}
+    cases: list[Case] = []
+    with tempfile.TemporaryDirectory(prefix="parley-bench-tts-") as var_dir:
+        server = start_server(Path(var_dir), app)
+        log(f"daphne {app} on port {server.port}")
+        try:
+            for fmt in formats:  # warm up: engine built, ffmpeg paged in
+                http_speech(server.port, text_of(100), fmt)
+            engine_synthesis(engine, text_of(100))
+            # Memory first, while the process has only served the short warm-up requests.
+            for fmt in memory_formats:
+                text = text_of(4000)
+                memory[fmt] = peak_growth_mb(
+                    server.pid, lambda t=text, f=fmt: http_speech(server.port, t, f)
+                )
+                log(f"memory {fmt}: idle {memory[fmt][0]:.1f} MiB, growth {memory[fmt][1]:.1f}")
+            for chars in args.sizes:
+                text = text_of(chars)
+                repeats = max(1, args.repeats if chars < 4000 else args.repeats // 2 + 1)
+                for concurrency in (1, 4):
+                    rounds = repeats if concurrency == 1 else max(1, repeats // 2)
+                    for fmt in formats:
+                        case = Case(chars, fmt, concurrency)
+                        for _ in range(rounds):
+                            # Interleaved, so both see the same machine state.
+                            case.engine += concurrently(
+                                concurrency, lambda t=text: engine_synthesis(engine, t)
+                            )
+                            case.server += concurrently(
+                                concurrency,
+                                lambda t=text, f=fmt: http_speech(server.port, t, f),
+                            )
+                        cases.append(case)
+                        log(
+                            f"{chars:>5} chars {fmt:>4} c={concurrency}: first byte "
+                            f"{Case.median(case.server, 'first_ms'):.1f} ms vs engine "
+                            f"{Case.median(case.engine, 'first_ms'):.1f} ms"
+                        )
+        finally:
+            server.stop()
+    return cases, memory
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def table(cases: list[Case]) -> str:
+    lines = [
+        "| chars | format | conc. | engine first chunk ms | first byte ms | overhead ms "
+        "| first byte / engine first | engine full ms | server total ms | first byte / "
+        "engine full | server: engine first / first byte ms |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        engine_first = Case.median(case.engine, "first_ms")
+        first = Case.median(case.server, "first_ms")
+        engine_full = Case.median(case.engine, "total_ms")
+        total = Case.median(case.server, "total_ms")
+        inside_audio = Case.median(case.server, "server_first_audio_ms")
+        inside_ttfb = Case.median(case.server, "server_ttfb_ms")
+        lines.append(
+            f"| {case.chars} | {case.fmt} | {case.concurrency} | {engine_first:.1f} | "
+            f"{first:.1f} | {first - engine_first:+.1f} | {first / engine_first:.1f}x | "
+            f"{engine_full:.1f} | {total:.1f} | {first / engine_full:.3f} | "
+            f"{inside_audio:.1f} / {inside_ttfb:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(cases: list[Case], memory: dict[str, tuple[float, float]]) -> list[str]:
+    def verdict(ok: bool) -> str:
+        return "**PASS**" if ok else "**MISS**"
+
+    lines = []
+    raw = [c for c in cases if c.fmt in ("pcm", "wav")]
+    if raw:
+        worst = max(
+            Case.median(c.server, "first_ms") - Case.median(c.engine, "first_ms") for c in raw
+        )
+        lines.append(
+            "- Time to first byte within 10 ms of the engine's first chunk (pcm, wav): worst "
+            f"median overhead {worst:+.1f} ms — {verdict(worst <= 10)}"
+        )
+    long = [c for c in cases if c.chars == 4000]
+    if long:
+        worst_ratio = max(
+            Case.median(c.server, "first_ms") / Case.median(c.engine, "total_ms") for c in long
+        )
+        lines.append(
+            "- 4,000 characters, first byte under a tenth of the engine's full synthesis: "
+            f"worst first byte / engine full = {worst_ratio:.3f} — {verdict(worst_ratio < 0.1)}"
+        )
+    if memory:
+        worst_memory = max(growth for _, growth in memory.values())
+        growths = ", ".join(f"{fmt} {growth:.1f} MiB" for fmt, (_, growth) in memory.items())
+        lines.append(
+            "- Memory growth while streaming 4,000 characters under 20 MB: "
+            f"{growths} — {verdict(worst_memory < 20)}"
+        )
+    return lines
+
+
+@dataclass
+class Leg:
+    title: str
+    app: str
+    cases: list[Case]
+    memory: dict[str, tuple[float, float]]
+
+
+def section(legs: list[Leg], command: str) -> str:
+    machine = machine_info()
+    parts = []
+    for leg in legs:
+        idle = ", ".join(f"{fmt} {idle:.0f} MiB" for fmt, (idle, _) in leg.memory.items())
+        parts.append(
+            f"### {leg.title}\n\n`daphne {leg.app}`\n\n"
+            + "\n".join(verdicts(leg.cases, leg.memory))
+            + (f" (idle RSS: {idle})" if idle else "")
+            + f"\n\n{table(leg.cases)}\n"
+        )
+    body = "\n".join(parts)
+    return f"""{HEADING}
+
+`POST /v1/audio/speech` (model `tts-1`, voice `alloy`, the default engine eSpeak NG) on one
+daphne with the embedded SQLite database, against the same engine called directly in the
+bench process, interleaved in the same run on the same text at the same concurrency. English
+prose of 100, 1,000 and 4,000 characters; medians. "First byte" is the first body byte at
+the client (http.client, new connection per request, so it includes connecting); "engine
+first chunk" is the first PCM buffer out of `EspeakEngine.synthesize`, "engine full" its
+last. The last column is what the server itself recorded on the job: its engine's first
+chunk and its first byte written, both from the job's start. pcm and the compressed formats
+are resampled to OpenAI's 24 kHz (wav keeps 22,050 Hz); the compressed formats go through
+one ffmpeg process per request, started while the engine works on its first chunk.
+
+- Machine: {machine["cpu"]}, {machine["nproc"]} cores, {machine["ram"]} RAM; Python
+  {machine["python"]}; commit {machine["commit"]}. The machine is shared: other benches and
+  test suites may have run at the same time.
+- Date: {machine["date"]}
+- Command: `{command}`
+
+{body}
+Memory: the daphne process's RSS sampled every 2 ms while one 4,000-character request
+streams to a client reading as fast as it can, minus its RSS just before. Daphne applies no
+backpressure to the application: a client that reads slower than the engine speaks makes
+daphne hold the unread audio (about 48 KB per second of 24 kHz pcm). Concurrency 4 on these
+{machine["nproc"]} cores: eSpeak NG is not thread-safe, so one thread per process
+synthesizes for everyone, round robin by pieces; the engine column at concurrency 4 runs
+four threads against the same engine the same way.
+"""
+
+
+def replace_section(path: Path, heading: str, text: str) -> None:
+    # Other sections belong to other benches: read right before writing, touch only ours.
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    ours = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if ours.search(current):
+        current = ours.sub(lambda _: text.rstrip("\n") + "\n\n", current)
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    path.write_text(current.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    parser.add_argument("--repeats", type=int, default=5, help="samples per case at c=1")
+    parser.add_argument("--quick", action="store_true", help="2 samples per case")
+    parser.add_argument("--write-docs", action="store_true", help=f"update {HEADING!r}")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 2
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
+    command = shlex.join([".venv/bin/python", "-m", "bench.tts", *sys.argv[1:]])
+    legs = []
+    for title, app, formats, memory_formats in (
+        ("As wired (config.asgi)", "config.asgi:application", args.formats, ("pcm", "mp3")),
+    ):
+        formats = [fmt for fmt in formats if fmt in args.formats]
+        cases, memory = run(args, app, formats, memory_formats=memory_formats)
+        legs.append(Leg(title, app, cases, memory))
+    text = section(legs, command)
+    print(text)
+    if args.write_docs:
+        replace_section(DOCS, HEADING, text)
+        log(f"wrote the {HEADING!r} section of {DOCS}")
+
+
+if __name__ == "__main__":
+    main()

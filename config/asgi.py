@@ -1,0 +1,32 @@
+"""ASGI entry point: HTTP to Django, WebSocket to Channels, /socket.io/ to python-socketio,
+runtime started on first call."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+# Build Django before importing anything that touches models.
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from config.static import StaticFilesHandler  # noqa: E402
+from recordings.sio import mount as mount_socketio  # noqa: E402
+from spectate.routing import websocket_urlpatterns  # noqa: E402
+from streams.runtime import runtime  # noqa: E402
+
+router = ProtocolTypeRouter(
+    {
+        "http": StaticFilesHandler(django_application),
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)
+# The Socket.IO recording endpoint (recordings/sio.py) sits beside the Channels router.
+router = mount_socketio(router)
+
+
+async def application(scope, receive, send):
+    # Daphne sends no lifespan events: the first call of each loop starts the runtime.
+    runtime.ensure_started()
+    await router(scope, receive, send)

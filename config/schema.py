@@ -1,0 +1,139 @@
+"""OpenAPI entries for the two async views, which drf-spectacular cannot introspect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "machine-readable code"},
+        "detail": {"type": "string", "description": "what is wrong, in a sentence"},
+        "field": {"type": "string", "nullable": True, "description": "the offending field"},
+    },
+    "required": ["error", "detail", "field"],
+}
+
+CHUNK_FIELDS: dict[str, Any] = {
+    "stream_id": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:-]+$"},
+    "seq": {"type": "integer", "minimum": 0},
+    "data": {"type": "string", "format": "byte", "description": "base64 PCM; empty only if done"},
+    "done": {"type": "boolean", "default": False},
+    "speech_text": {"type": "string", "description": "published when playback ends"},
+    "sample_rate_hz": {"type": "integer", "default": 24000, "minimum": 8000, "maximum": 48000},
+    "channels": {"type": "integer", "default": 1, "enum": [1, 2]},
+    "bytes_per_sample": {"type": "integer", "default": 2, "minimum": 1, "maximum": 4},
+    "playback_speed": {"type": "number", "default": 1.0, "minimum": 0.25, "maximum": 4.0},
+    "room": {"type": "string", "default": "default"},
+    "speaker": {"type": "string", "default": "agent"},
+}
+
+ACK = {
+    "type": "object",
+    "properties": {
+        "stream_id": {"type": "string"},
+        "seq": {"type": "integer"},
+        "duplicate": {"type": "boolean"},
+        "received_bytes": {"type": "integer"},
+        "received_chunks": {"type": "integer"},
+        "done": {"type": "boolean"},
+        "status": {"type": "string"},
+        "duration_ms": {"type": "integer", "description": "final chunk only"},
+        "playback_ends_at": {"type": "string", "format": "date-time", "nullable": True},
+        "missing_seqs": {"type": "array", "items": {"type": "integer"}},
+    },
+}
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for code in codes
+    }
+
+
+def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool) -> dict:
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR
+    query_params = [
+        {"name": name, "in": "query", "schema": schema, "required": name in ("stream_id", "seq")}
+        for name, schema in CHUNK_FIELDS.items()
+        if name != "data"
+    ]
+    result["paths"]["/audio"] = {
+        "post": {
+            "operationId": "audio_chunk",
+            "summary": "Send one chunk of a stream (the seed's POST /audio)",
+            "tags": ["audio"],
+            "parameters": [
+                {**p, "description": "raw-body mode only (application/octet-stream)"}
+                for p in query_params
+            ],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": CHUNK_FIELDS,
+                            "required": ["stream_id", "seq"],
+                        }
+                    },
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }
+            },
+            "responses": {
+                "200": {
+                    "description": "acknowledged (durable)",
+                    "content": {"application/json": {"schema": ACK}},
+                },
+                **_error_responses(400, 401, 403, 409, 413, 415),
+            },
+        }
+    }
+    result["paths"]["/api/rooms/{room}/events"] = {
+        "get": {
+            "operationId": "room_events",
+            "summary": "The room's events after an id, long-polling up to `wait` seconds",
+            "tags": ["api"],
+            "parameters": [
+                {"name": "room", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "types",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "comma-separated: state, audio_chunk, speech, "
+                    "playback_done, input, turn",
+                },
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "events in id order and the id to pass as `after` next",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "events": {"type": "array", "items": {"type": "object"}},
+                                    "last_id": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                },
+                **_error_responses(400),
+            },
+        }
+    }
+    # Chat (seed 004) and POST /api/rooms/{room}/say: chat/openapi.py.
+    from chat.openapi import chat_paths
+
+    result["paths"].update(chat_paths())
+    return result

@@ -1,0 +1,225 @@
+"""Settings shared by every environment; everything a deployment changes comes from the env."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(os.environ.get("PARLEY_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-insecure-parley-key-change-me")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [
+    o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "streams",
+    "spectate",
+    "speech",
+    "chat",
+    "recordings",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+
+def database_from_env() -> dict:
+    """SQLite (WAL) under var/ by default; PostgreSQL (psycopg 3, pooled) from DATABASE_URL."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "parley.sqlite3",
+            # Persistent per-thread connections: reopening SQLite re-runs the PRAGMAs.
+            "CONN_MAX_AGE": None,
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock up front, so two writers queue on the
+                # busy timeout instead of failing with "database is locked" on upgrade.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": (
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;"
+                ),
+            },
+            "TEST": {"NAME": VAR_DIR / "test-parley.sqlite3"},
+        }
+    config = dj_database_url.parse(url, conn_max_age=0)
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # Under ASGI every request may run on another thread: a pool, not persistent conns.
+        config["CONN_MAX_AGE"] = 0
+        config.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("PARLEY_DB_POOL_SIZE", 20),
+            "timeout": 10,
+        }
+    return config
+
+
+DATABASES = {"default": database_from_env()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": os.environ.get(
+                "PARLEY_CHANNEL_LAYER", "channels_redis.pubsub.RedisPubSubChannelLayer"
+            ),
+            # A prefix per deployment lets several share one Redis (and the tests run in one).
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": os.environ.get("PARLEY_CHANNEL_PREFIX", "parley"),
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 1000},
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+# Served from the apps' static folders by config/static.py: no collectstatic step needed.
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = VAR_DIR / "media"
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["streams.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["streams.auth.WritesNeedKeyWhenRequired"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "streams.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Parley API",
+    "DESCRIPTION": "Server-authoritative real-time speech in shared rooms.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from local files: no CDN is reachable from every deployment.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.add_async_endpoints",
+        "speech.openapi.add_speech_endpoints",
+    ],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("PARLEY_LOG_LEVEL", "WARNING")},
+}
+
+# Parley's own knobs (documented in the README).
+PARLEY_TURN_LEASE_S = env_float("PARLEY_TURN_LEASE_S", 30.0)
+PARLEY_GAP_TIMEOUT_S = env_float("PARLEY_GAP_TIMEOUT_S", 5.0)
+PARLEY_MAX_CHUNK_BYTES = env_int("PARLEY_MAX_CHUNK_BYTES", 1024 * 1024)
+PARLEY_MAX_STREAM_BYTES = env_int("PARLEY_MAX_STREAM_BYTES", 50 * 1024 * 1024)
+PARLEY_REQUIRE_AUTH = env_bool("PARLEY_REQUIRE_AUTH", False)
+PARLEY_SWEEP_INTERVAL_S = env_float("PARLEY_SWEEP_INTERVAL_S", 1.0)
+PARLEY_SCHEDULER = env_bool("PARLEY_SCHEDULER", True)
+PARLEY_LONGPOLL_MAX_S = env_float("PARLEY_LONGPOLL_MAX_S", 30.0)
+PARLEY_SPECTATOR_STALE_S = env_float("PARLEY_SPECTATOR_STALE_S", 90.0)
+PARLEY_DB_THREADS = env_int("PARLEY_DB_THREADS", 8)
+
+# Chat with spoken answers and speaking into rooms (chat/, docs/chat.md).
+# Who answers POST /chat: "builtin" (deterministic, no network), "llm" (an OpenAI-compatible
+# chat-completions server), or a comma-separated fallback chain such as "llm,builtin".
+PARLEY_RESPONDER = os.environ.get("PARLEY_RESPONDER", "builtin")
+PARLEY_LLM_URL = os.environ.get("PARLEY_LLM_URL", "")  # base URL, e.g. http://host:11434/v1
+PARLEY_LLM_MODEL = os.environ.get("PARLEY_LLM_MODEL", "gpt-4o-mini")
+PARLEY_LLM_KEY = os.environ.get("PARLEY_LLM_KEY", "")
+PARLEY_LLM_TIMEOUT_S = env_float("PARLEY_LLM_TIMEOUT_S", 30.0)
+# How long the stream_url of a POST /chat answer stays valid before its first GET.
+PARLEY_STREAM_TTL_S = env_float("PARLEY_STREAM_TTL_S", 300.0)
+# Recording sessions (recordings/, docs/recordings.md).
+PARLEY_MAX_RECORDING_S = env_float("PARLEY_MAX_RECORDING_S", 3600.0)
+PARLEY_RECORDING_IDLE_S = env_float("PARLEY_RECORDING_IDLE_S", 60.0)
+PARLEY_RECORDINGS_DIR = Path(os.environ.get("PARLEY_RECORDINGS_DIR", VAR_DIR / "recordings"))
+PARLEY_RECORDINGS_ROOM = os.environ.get("PARLEY_RECORDINGS_ROOM", "recordings")
+# Browser pages allowed to open the Socket.IO endpoint: "*" keeps existing clients working.
+PARLEY_SOCKETIO_CORS_ORIGINS = os.environ.get("PARLEY_SOCKETIO_CORS_ORIGINS", "*")
+
+# Speech synthesis (docs/speech.md). The default engine answers tts-1, tts-1-hd and
+# gpt-4o-mini-tts; a request picks another with model=<engine name>.
+PARLEY_TTS_ENGINE = os.environ.get("PARLEY_TTS_ENGINE", "espeak")
+PARLEY_PIPER_VOICE = os.environ.get("PARLEY_PIPER_VOICE", "")
+PARLEY_OPENAI_TTS_URL = os.environ.get("PARLEY_OPENAI_TTS_URL", "")
+PARLEY_OPENAI_TTS_KEY = os.environ.get("PARLEY_OPENAI_TTS_KEY", "")
+PARLEY_OPENAI_TTS_MODEL = os.environ.get("PARLEY_OPENAI_TTS_MODEL", "tts-1")
+PARLEY_OPENAI_TTS_SAMPLE_RATE = env_int("PARLEY_OPENAI_TTS_SAMPLE_RATE", 24000)
+PARLEY_TTS_MAX_VOICE_BYTES = env_int("PARLEY_TTS_MAX_VOICE_BYTES", 10 * 1024 * 1024)

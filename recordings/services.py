@@ -1,0 +1,422 @@
+"""Every write of a recording session; both socket adapters and the HTTP views call these.
+
+Keyword-only functions named <entity>_<action>. A chunk is committed before the caller
+acknowledges it, so an acknowledged chunk survives any crash; the WAV file is only a cache
+of the chunks and can always be rebuilt from them (force stop does exactly that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from recordings.formats import MAX_ENCODED_BYTES_PER_S, PCM, RecordingFormat
+from recordings.models import Recording, RecordingStatus
+from recordings.wavfile import DecodeError, WavInfo, decode_to_wav, write_pcm_wav
+from streams.audio import PcmFormat
+from streams.errors import ApiError, Conflict
+from streams.events import EventBatch
+from streams.models import Chunk, Room, Stream, StreamKind, StreamStatus
+from streams.services import (
+    chunk_publish,
+    validate_room_name,
+    validate_speaker,
+    validate_stream_id,
+)
+
+logger = logging.getLogger(__name__)
+_RECORDING = Recording._meta.db_table
+_STREAM = Stream._meta.db_table
+_CHUNK = Chunk._meta.db_table
+
+
+class InvalidStreamingKey(ApiError):
+    seed_message = "Invalid streaming key"
+
+    def __init__(self) -> None:
+        super().__init__("invalid_streaming_key", self.seed_message, field="streaming_key")
+
+
+class EmptyBuffer(ApiError):
+    seed_message = "Audio buffer is empty"
+
+    def __init__(self) -> None:
+        super().__init__("empty_buffer", self.seed_message)
+
+
+class ProcessingFailed(ApiError):
+    seed_message = "Failed to process audio"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            "processing_failed",
+            f"{self.seed_message}: {reason}. The audio is kept; force stop retries.",
+            status_code=500,
+        )
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def recording_format(recording: Recording) -> RecordingFormat:
+    stream = recording.stream
+    return RecordingFormat(
+        container=recording.container,
+        pcm=stream.pcm_format,
+        decode_rate_hz=recording.decode_rate_hz,
+        decode_channels=recording.decode_channels,
+    )
+
+
+def recording_path(sid: str) -> Path:
+    return Path(settings.PARLEY_RECORDINGS_DIR) / f"{sid}.wav"
+
+
+def recording_open(
+    *,
+    sid: str,
+    transport: str,
+    fmt: RecordingFormat,
+    base_url: str,
+    speaker: str,
+    room_name: str | None = None,
+    channel_name: str = "",
+) -> tuple[Recording, str]:
+    """Allocate a session's buffer: a recording Stream. Returns it and its streaming key."""
+    validate_stream_id(sid)
+    validate_speaker(speaker)
+    if room_name is not None:
+        validate_room_name(room_name)
+        if not fmt.is_pcm:
+            raise ApiError(
+                "room_needs_pcm",
+                f"Live room broadcast carries raw PCM; a {fmt.container} recording cannot be "
+                "broadcast. Connect without `room`, or send PCM.",
+                field="room",
+            )
+    key = secrets.token_urlsafe(24)
+    try:
+        with transaction.atomic():
+            room, _ = Room.objects.get_or_create(name=room_name or settings.PARLEY_RECORDINGS_ROOM)
+            stream = Stream.objects.create(
+                stream_id=sid,
+                kind=StreamKind.RECORDING,
+                room=room,
+                speaker=speaker,
+                sample_rate_hz=fmt.pcm.sample_rate_hz,
+                channels=fmt.pcm.channels,
+                bytes_per_sample=fmt.pcm.bytes_per_sample,
+            )
+            recording = Recording.objects.create(
+                stream=stream,
+                key_hash=key_hash(key),
+                transport=transport,
+                channel_name=channel_name,
+                container=fmt.container,
+                decode_rate_hz=fmt.decode_rate_hz,
+                decode_channels=fmt.decode_channels,
+                broadcast=room_name is not None,
+                base_url=base_url,
+            )
+    except IntegrityError as exc:
+        raise Conflict(
+            "stream_id_conflict", f"A stream {sid!r} already exists.", field="streaming_id"
+        ) from exc
+    return recording, key
+
+
+@dataclass(frozen=True)
+class ChunkAck:
+    seq: int
+    received_bytes: int
+    received_chunks: int
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What the chunk path needs of a recording, read in one narrow locking query."""
+
+    status: str
+    broadcast: bool
+    container: str
+    stream_pk: int
+    sid: str
+    chunk_count: int
+    total_bytes: int
+    fmt: PcmFormat
+
+    @classmethod
+    def lock(cls, recording_id: int) -> _Head:
+        # Locks only the recording row: a stop elsewhere waits for this chunk, or refuses it.
+        lock = " FOR UPDATE OF r" if connection.features.has_select_for_update_of else ""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT r.status, r.broadcast, r.container, s.id, s.stream_id, s.chunk_count, "
+                "s.total_bytes, s.sample_rate_hz, s.channels, s.bytes_per_sample "
+                f"FROM {_RECORDING} r JOIN {_STREAM} s ON s.id = r.stream_id WHERE r.id = %s"
+                + lock,
+                [recording_id],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise Recording.DoesNotExist(recording_id)
+        *head, rate, channels, width = row
+        head[1] = bool(head[1])  # SQLite answers 0/1
+        return cls(*head, fmt=PcmFormat(rate, channels, width))
+
+
+def _insert_chunk(head: _Head, data: bytes, now: datetime) -> None:
+    received_at = connection.ops.adapt_datetimefield_value(now)
+    first = ", first_arrival_at = %s" if head.chunk_count == 0 else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_CHUNK} (stream_id, seq, data, size, received_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [head.stream_pk, head.chunk_count, data, len(data), received_at],
+        )
+        cursor.execute(
+            f"UPDATE {_STREAM} SET chunk_count = %s, total_bytes = %s{first} WHERE id = %s",
+            [
+                head.chunk_count + 1,
+                head.total_bytes + len(data),
+                *([received_at] if first else []),
+                head.stream_pk,
+            ],
+        )
+
+
+def _check_chunk(head: _Head, data: bytes) -> None:
+    if head.status != RecordingStatus.RECORDING:
+        raise Conflict(
+            "recording_stopped",
+            f"Recording {head.sid!r} is {head.status}; it takes no more audio.",
+        )
+    pcm = head.container == PCM
+    if pcm and len(data) % head.fmt.frame_bytes:
+        raise ApiError(
+            "partial_frame",
+            f"The chunk is {len(data)} bytes, not a whole number of {head.fmt.frame_bytes}-byte "
+            f"frames ({head.fmt.channels} channel(s) x {head.fmt.bytes_per_sample} bytes).",
+            field="chunk",
+        )
+    max_s = settings.PARLEY_MAX_RECORDING_S
+    budget = head.fmt.bytes_for(max_s) if pcm else int(max_s * MAX_ENCODED_BYTES_PER_S)
+    if head.total_bytes + len(data) > budget:
+        raise ApiError(
+            "recording_too_long",
+            f"This chunk would take the recording past PARLEY_MAX_RECORDING_S ({max_s:g} s); "
+            "stop it and start another.",
+            field="chunk",
+            status_code=413,
+        )
+
+
+def check_chunk_size(data: bytes) -> None:
+    """Size rules that need no database: refused before anything is locked."""
+    if not data:
+        raise ApiError("empty_chunk", "The chunk is empty.", field="chunk")
+    limit = settings.PARLEY_MAX_CHUNK_BYTES
+    if len(data) > limit:
+        raise ApiError(
+            "chunk_too_large",
+            f"A chunk may carry at most {limit} bytes; this one has {len(data)}.",
+            field="chunk",
+            status_code=413,
+        )
+
+
+def recording_chunk_add(*, recording_id: int, data: bytes) -> ChunkAck:
+    """Store one chunk durably (committed on return) and broadcast it if the session has a room.
+
+    The hot path of a recording: three narrow SQL statements (lock and read, insert,
+    update). Through the ORM they cost ten times what the database does (bench/recordings.py).
+    """
+    check_chunk_size(data)
+    now = timezone.now()
+    with transaction.atomic():
+        head = _Head.lock(recording_id)
+        _check_chunk(head, data)
+        if head.broadcast:
+            _add_broadcast(head.stream_pk, data, now)
+        else:
+            _insert_chunk(head, data, now)
+    return ChunkAck(
+        seq=head.chunk_count,
+        received_bytes=head.total_bytes + len(data),
+        received_chunks=head.chunk_count + 1,
+    )
+
+
+def _add_broadcast(stream_pk: int, data: bytes, now: datetime) -> None:
+    """The chunk, plus its audio_chunk event in the room's log (the same transaction)."""
+    stream = Stream.objects.select_related("room").get(pk=stream_pk)
+    chunk = Chunk(stream=stream, seq=stream.chunk_count, data=data, size=len(data), received_at=now)
+    batch = EventBatch(stream.room)
+    # The core's own audio_chunk publisher: one event shape and one playhead for every stream.
+    chunk_publish(stream, chunk, batch, now)
+    chunk.save(force_insert=True)
+    stream.total_bytes += chunk.size
+    stream.chunk_count += 1
+    stream.first_arrival_at = stream.first_arrival_at or now
+    stream.save(
+        update_fields=[
+            "total_bytes",
+            "chunk_count",
+            "first_arrival_at",
+            "playhead_at",
+            "emitted_bytes",
+            "next_emit_seq",
+        ]
+    )
+    batch.flush()
+
+
+def _pieces(stream_pk: int) -> Iterator[bytes]:
+    rows = (
+        Chunk.objects.filter(stream_id=stream_pk)
+        .order_by("seq")
+        .values_list("data", flat=True)
+        .iterator(chunk_size=64)
+    )
+    for data in rows:
+        yield bytes(data)
+
+
+def recording_stop(*, recording_id: int, refuse_empty: bool = True) -> Recording:
+    """Stop taking audio and build the WAV file from the stored chunks.
+
+    Idempotent: a complete recording whose file exists is returned as is; a failed one, or
+    one whose file is missing (another machine built it, or a crash came between), is built
+    again. With no chunk at all it raises EmptyBuffer and keeps recording, unless
+    `refuse_empty` is false (the client is gone): then it ends as "empty".
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        recording = Recording.objects.select_for_update().get(pk=recording_id)
+        # Read after the lock, in its own statement: a chunk committed while we waited counts.
+        stream = recording.stream
+        if recording.status == RecordingStatus.EMPTY:
+            return recording
+        if stream.chunk_count == 0:
+            if refuse_empty:
+                raise EmptyBuffer()
+            recording.status = RecordingStatus.EMPTY
+            recording.stopped_at = now
+            recording.save(update_fields=["status", "stopped_at"])
+            Stream.objects.filter(pk=stream.pk).update(status=StreamStatus.PLAYED, ended_at=now)
+            return recording
+        if (
+            recording.status == RecordingStatus.COMPLETE
+            and recording_path(stream.stream_id).exists()
+        ):
+            return recording
+        if recording.status == RecordingStatus.RECORDING:
+            recording.status = RecordingStatus.PROCESSING
+            recording.stopped_at = now
+            recording.save(update_fields=["status", "stopped_at"])
+    # Outside the transaction: decoding may take seconds and must not hold the lock.
+    return _build(recording)
+
+
+def _build(recording: Recording) -> Recording:
+    stream = recording.stream
+    fmt = recording_format(recording)
+    path = recording_path(stream.stream_id)
+    try:
+        if fmt.container == PCM:
+            info: WavInfo = write_pcm_wav(_pieces(stream.pk), fmt.pcm, path)
+        else:
+            info = decode_to_wav(
+                _pieces(stream.pk), fmt, path, max_s=settings.PARLEY_MAX_RECORDING_S
+            )
+    except (DecodeError, OSError) as exc:
+        logger.warning("recording %s: building the file failed: %s", stream.stream_id, exc)
+        Recording.objects.filter(pk=recording.pk).exclude(status=RecordingStatus.COMPLETE).update(
+            status=RecordingStatus.FAILED, error=str(exc)[:2000]
+        )
+        Stream.objects.filter(pk=stream.pk, status=StreamStatus.STREAMING).update(
+            status=StreamStatus.INTERRUPTED, ended_at=timezone.now()
+        )
+        raise ProcessingFailed(str(exc)) from exc
+    now = timezone.now()
+    with transaction.atomic():
+        Recording.objects.filter(pk=recording.pk).update(
+            status=RecordingStatus.COMPLETE,
+            error="",
+            completed_at=now,
+            wav_sample_rate_hz=info.fmt.sample_rate_hz,
+            wav_channels=info.fmt.channels,
+            wav_bytes_per_sample=info.fmt.bytes_per_sample,
+            file_bytes=info.file_bytes,
+            duration_ms=info.duration_ms,
+        )
+        # The core's view of the stream: ended normally, with the saved duration.
+        Stream.objects.filter(pk=stream.pk).update(
+            status=StreamStatus.PLAYED,
+            finalized_at=now,
+            ended_at=now,
+            duration_ms=info.duration_ms,
+        )
+    # Fresh, with its stream: callers read both off the loop's thread, where lazy loads fail.
+    return Recording.objects.select_related("stream").get(pk=recording.pk)
+
+
+def recording_for_key(*, key: str | None) -> Recording:
+    recording = None
+    if isinstance(key, str) and key:
+        recording = (
+            Recording.objects.select_related("stream").filter(key_hash=key_hash(key)).first()
+        )
+    if recording is None:
+        raise InvalidStreamingKey()
+    return recording
+
+
+def recording_force_stop(*, key: str | None) -> Recording:
+    """POST /streaming/force_stop: stop the session holding `key` and build its file."""
+    return recording_stop(recording_id=recording_for_key(key=key).pk)
+
+
+def recording_ensure_file(*, recording: Recording) -> Path:
+    """The saved file, rebuilt from the chunks if this machine does not have it."""
+    path = recording_path(recording.stream.stream_id)
+    if not path.exists():
+        _build(recording)
+    return path
+
+
+def recordings_finish_abandoned(*, idle_s: float) -> int:
+    """Save recordings whose worker died: nothing received for twice the idle timeout.
+
+    A live session is saved by its own worker after `idle_s`, so one still recording at
+    twice that has lost its worker. Returns how many were saved (or failed to decode).
+    """
+    cutoff = timezone.now() - timedelta(seconds=2 * idle_s)
+    last_chunk = Chunk.objects.filter(
+        stream=OuterRef("stream"), seq=OuterRef("stream__chunk_count") - 1
+    ).values("received_at")[:1]
+    abandoned = (
+        Recording.objects.filter(status__in=[RecordingStatus.RECORDING, RecordingStatus.PROCESSING])
+        .annotate(last=Coalesce(Subquery(last_chunk), "stopped_at", "created_at"))
+        .filter(last__lt=cutoff)
+        .values_list("pk", flat=True)
+    )
+    saved = 0
+    for recording_id in list(abandoned[:100]):
+        with contextlib.suppress(ApiError):  # a failure is kept as failed, with its chunks
+            recording_stop(recording_id=recording_id, refuse_empty=False)
+        saved += 1
+    return saved

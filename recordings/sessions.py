@@ -1,0 +1,272 @@
+"""One connection's recording, whatever carries it: the seed's events over a transport.
+
+The Socket.IO namespace and the plain WebSocket consumer are thin: they turn frames into
+`RecordingSession.open / handle / disconnect` calls and give it two callables, `send(event,
+data)` and `close()`. Everything else (validation, limits, the idle timeout, what is sent
+back) happens here, on top of the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections
+
+from recordings import services
+from recordings.formats import parse_format
+from recordings.models import Recording, RecordingStatus, Transport
+from recordings.selectors import result_file_path_payload
+from streams.audio import FormatError
+from streams.auth import authenticate, require_writer, resolve_speaker
+from streams.errors import ApiError
+from streams.runtime import runtime
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SendFn = Callable[[str, dict[str, Any]], Awaitable[None]]
+CloseFn = Callable[[], Awaitable[None]]
+
+DEFAULT_SPEAKER = "recorder"
+CONNECTED = {"message": "Connected to server"}
+RECEIVED = {"message": "received chunk"}
+
+
+async def run_blocking(fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Slow work (file building, ffmpeg) on the default pool, not the runtime's DB executor:
+    a minute-long decode must not hold up other sessions' chunk writes."""
+
+    def call() -> T:
+        try:
+            return fn(**kwargs)
+        finally:
+            close_old_connections()
+
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+def scope_params(scope: Mapping[str, Any]) -> dict[str, str]:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def scope_base_url(scope: Mapping[str, Any]) -> str:
+    """http(s)://host as the client reached us (the seed's file_url starts with it)."""
+    scheme = scope.get("scheme", "http")
+    forwarded = _header(scope, b"x-forwarded-proto")
+    if forwarded and getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
+        scheme = forwarded.split(",", 1)[0].strip()
+    secure = scheme in ("https", "wss")
+    host = _header(scope, b"host")
+    if not host:
+        server = scope.get("server") or ("localhost", None)
+        host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+    return f"{'https' if secure else 'http'}://{host}"
+
+
+def _authorization(scope: Mapping[str, Any], params: Mapping[str, Any]) -> str | None:
+    api_key = params.get("api_key")
+    if isinstance(api_key, str) and api_key:
+        return f"Bearer {api_key}"
+    return _header(scope, b"authorization")
+
+
+def _optional_str(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(f"invalid_{name}", f"{name} must be a string.", field=name)
+    return value
+
+
+class RecordingSession:
+    def __init__(
+        self, *, sid: str, transport: str, send: SendFn, close: CloseFn, channel_name: str = ""
+    ) -> None:
+        self.sid = sid
+        self.transport = transport
+        self.channel_name = channel_name
+        self._send = send
+        self._close = close
+        self.recording_id: int | None = None
+        self._last_activity = 0.0
+        self._idle_task: asyncio.Task | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def open(self, *, scope: Mapping[str, Any], params: Mapping[str, Any]) -> dict:
+        """Validate what the client declared and allocate the recording.
+
+        Returns the `response` payload (the seed's message plus `streaming_id` and the
+        `streaming_key` that force_stop takes); raises ApiError to refuse the connection.
+        """
+        try:
+            fmt = parse_format(params)
+        except FormatError as exc:
+            raise ApiError(f"invalid_{exc.field}", exc.detail, field=exc.field) from exc
+        room = _optional_str(params, "room")
+        requested_speaker = _optional_str(params, "speaker")
+        authorization = _authorization(scope, params)
+        principal = await runtime.run_db(authenticate, authorization) if authorization else None
+        require_writer(principal)
+        speaker = resolve_speaker(principal, requested_speaker, DEFAULT_SPEAKER)
+        recording, key = await runtime.run_db(
+            services.recording_open,
+            sid=self.sid,
+            transport=self.transport,
+            fmt=fmt,
+            base_url=scope_base_url(scope),
+            speaker=speaker,
+            room_name=room,
+            channel_name=self.channel_name,
+        )
+        self.recording_id = recording.pk
+        self._touch()
+        self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
+        return {**CONNECTED, "streaming_id": self.sid, "streaming_key": key}
+
+    async def handle(self, event: str, data: Any) -> None:
+        """One client event. Every refusal becomes an `error` event; nothing raises."""
+        self._touch()
+        try:
+            if self.recording_id is None:
+                raise ApiError("not_connected", "The session was refused at connect.")
+            if event == "audio_chunk":
+                await self._chunk(data)
+            elif event == "stop_recording":
+                await self._stop()
+            else:
+                raise ApiError(
+                    "unknown_event",
+                    f"Unknown event {event!r}; send audio_chunk or stop_recording.",
+                    field="event",
+                )
+        except ApiError as exc:
+            await self._send("error", exc.as_dict())
+        except Exception:
+            logger.exception("recording %s: %s failed", self.sid, event)
+            await self._send(
+                "error", ApiError("internal_error", f"{event} failed on the server.").as_dict()
+            )
+
+    async def disconnect(self) -> None:
+        """The client left: save whatever it recorded (the seed's process_audio)."""
+        self._stop_watching()
+        if self.recording_id is None:
+            return
+        try:
+            await run_blocking(
+                services.recording_stop, recording_id=self.recording_id, refuse_empty=False
+            )
+        except ApiError as exc:
+            # Heard only by a client still on the connection (it left the namespace alone).
+            await self._send_quietly("error", exc.as_dict())
+        except Exception:
+            logger.exception("recording %s: saving on disconnect failed", self.sid)
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def _chunk(self, data: Any) -> None:
+        # The seed sends {"chunk": <binary>}; a bare binary payload is accepted too.
+        chunk = data.get("chunk") if isinstance(data, dict) else data
+        if isinstance(chunk, bytearray | memoryview):
+            chunk = bytes(chunk)
+        if not isinstance(chunk, bytes):
+            raise ApiError(
+                "invalid_chunk",
+                'audio_chunk takes {"chunk": <binary>}: the chunk must be binary data, '
+                f"not {type(chunk).__name__}.",
+                field="chunk",
+            )
+        services.check_chunk_size(chunk)
+        await runtime.run_db(
+            services.recording_chunk_add, recording_id=self.recording_id, data=chunk
+        )
+        await self._send("response", RECEIVED)
+
+    async def _stop(self) -> None:
+        recording = await run_blocking(services.recording_stop, recording_id=self.recording_id)
+        await self._send("result_file_path", result_file_path_payload(recording))
+
+    # --- idle timeout ----------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+
+    def _stop_watching(self) -> None:
+        task, self._idle_task = self._idle_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _watch_idle(self) -> None:
+        idle_s = settings.PARLEY_RECORDING_IDLE_S
+        loop = asyncio.get_running_loop()
+        # Sleeps until the deadline, then again if activity moved it: one wake-up per idle
+        # period, not a poll, and nothing to do on the hot chunk path but store a time.
+        while (remaining := self._last_activity + idle_s - loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
+        try:
+            await self._expire(idle_s)
+        except Exception:
+            logger.exception("recording %s: idle timeout failed", self.sid)
+
+    async def _expire(self, idle_s: float) -> None:
+        """Nothing came for PARLEY_RECORDING_IDLE_S: save what there is and hang up."""
+        recording = None
+        error = ApiError(
+            "idle_timeout", f"Nothing received for {idle_s:g} s: the session is closed."
+        )
+        try:
+            recording = await run_blocking(
+                services.recording_stop, recording_id=self.recording_id, refuse_empty=False
+            )
+        except ApiError as exc:
+            error = exc
+        await self._send_quietly("error", error.as_dict())
+        if recording is not None and recording.status == RecordingStatus.COMPLETE:
+            await self._send_quietly("result_file_path", result_file_path_payload(recording))
+        self._idle_task = None
+        await self._close()
+
+    async def _send_quietly(self, event: str, data: dict[str, Any]) -> None:
+        try:
+            await self._send(event, data)
+        except Exception:
+            logger.debug("recording %s: %s not delivered", self.sid, event, exc_info=True)
+
+
+async def notify_stopped(recording: Recording) -> None:
+    """Tell the session's client that its recording was stopped elsewhere (force stop).
+
+    The connection may live on another worker: Socket.IO reaches it through the client
+    manager (Redis when configured), a plain WebSocket through the channel layer.
+    """
+    payload = result_file_path_payload(recording)
+    try:
+        if recording.transport == Transport.SOCKETIO:
+            from recordings.sio import NAMESPACE, sio
+
+            await sio.emit("result_file_path", payload, to=recording.sid, namespace=NAMESPACE)
+        elif recording.channel_name:
+            layer = get_channel_layer()
+            if layer is not None:
+                await layer.send(
+                    recording.channel_name, {"type": "recording.stopped", "payload": payload}
+                )
+    except Exception:
+        # The file is saved either way; a client that is gone simply does not hear of it.
+        logger.warning("recording %s: stop notification failed", recording.sid, exc_info=True)

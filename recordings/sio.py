@@ -1,0 +1,130 @@
+"""Socket.IO namespace /streaming: the seed's contract for unchanged Socket.IO clients.
+
+A thin adapter: each connection gets a RecordingSession, and every event but connect and
+disconnect is handed to it. Served by python-socketio's AsyncServer in ASGI mode, mounted
+beside the Channels router in config/asgi.py (`/socket.io/` comes here).
+
+Several workers: with REDIS_URL set the server uses python-socketio's Redis manager, so an
+emit from any worker (force stop) reaches a client connected to another. Engine.IO's
+long-polling transport sends each request of a session to whichever worker the load
+balancer picks, so a multi-worker deployment needs clients on the websocket transport
+(`transports=["websocket"]`) or sticky sessions (docs/recordings.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import socketio
+from django.conf import settings
+
+from recordings.models import Transport
+from recordings.sessions import RecordingSession, scope_params
+from recordings.sweeper import sweeper
+from streams.errors import ApiError
+
+NAMESPACE = "/streaming"
+SOCKETIO_PATH = "socket.io"
+
+
+def _max_message_bytes() -> int:
+    # Long-polling carries binary as base64 (4/3 the size); the headroom lets a chunk a
+    # little over the limit reach the session and get a clear error instead of a hang-up.
+    return settings.PARLEY_MAX_CHUNK_BYTES * 4 // 3 + 64 * 1024
+
+
+def _client_manager() -> socketio.AsyncManager | None:
+    if not settings.REDIS_URL:
+        return None  # one process: the in-memory manager
+    prefix = os.environ.get("PARLEY_CHANNEL_PREFIX", "parley")
+    return socketio.AsyncRedisManager(settings.REDIS_URL, channel=f"{prefix}.socketio")
+
+
+def _cors_origins() -> str | list[str]:
+    origins = settings.PARLEY_SOCKETIO_CORS_ORIGINS.strip()
+    return "*" if origins == "*" else [o.strip() for o in origins.split(",") if o.strip()]
+
+
+class StreamingNamespace(socketio.AsyncNamespace):
+    def __init__(self, namespace: str) -> None:
+        super().__init__(namespace)
+        self.sessions: dict[str, RecordingSession] = {}
+        self.greetings: dict[str, asyncio.Task] = {}
+
+    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        session = RecordingSession(
+            sid=sid,
+            transport=Transport.SOCKETIO,
+            send=partial(self._emit, sid),
+            close=partial(self.disconnect, sid),
+        )
+        scope = environ.get("asgi.scope", {})
+        # The format may come in the handshake's auth (preferred) or its query string.
+        params = {**scope_params(scope), **(auth if isinstance(auth, dict) else {})}
+        try:
+            payload = await session.open(scope=scope, params=params)
+        except ApiError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.detail, exc.as_dict()) from exc
+        self.sessions[sid] = session
+        self.greetings[sid] = asyncio.get_running_loop().create_task(self._greet(sid, payload))
+
+    async def _greet(self, sid: str, payload: dict) -> None:
+        # The server sends CONNECT after this handler returns; an event sent before it is
+        # dropped by some clients, so `response` waits until the namespace is connected.
+        for _ in range(200):
+            if self.server.manager.is_connected(sid, NAMESPACE):
+                break
+            await asyncio.sleep(0.005)
+        await self._emit(sid, "response", payload)
+        self.greetings.pop(sid, None)
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        session = self.sessions.pop(sid, None)
+        if greeting := self.greetings.pop(sid, None):
+            greeting.cancel()
+        if session is not None:
+            await session.disconnect()
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        sid, *data = args
+        session = self.sessions.get(sid)
+        if greeting := self.greetings.get(sid):
+            await greeting  # "Connected to server" always comes first
+        if session is not None:
+            await session.handle(event, data[0] if data else None)
+        return None
+
+    async def _emit(self, sid: str, event: str, data: dict) -> None:
+        # The client is on this worker: no need to go through the Redis manager's queue.
+        await self.emit(event, data, to=sid, ignore_queue=True)
+
+
+sio = socketio.AsyncServer(
+    async_mode="asgi",
+    client_manager=_client_manager(),
+    # One event at a time per connection: chunks are stored and acknowledged in order.
+    async_handlers=False,
+    cors_allowed_origins=_cors_origins(),
+    max_http_buffer_size=_max_message_bytes(),
+    logger=False,
+    engineio_logger=False,
+)
+sio.register_namespace(StreamingNamespace(NAMESPACE))
+
+
+def mount(other_app: Any) -> Callable[..., Awaitable[None]]:
+    """`/socket.io/` to the Socket.IO server, everything else to `other_app`; the first
+    call of each event loop also starts the abandoned-recordings sweeper."""
+    app = socketio.ASGIApp(sio, other_asgi_app=other_app, socketio_path=SOCKETIO_PATH)
+
+    async def application(scope: dict, receive: Any, send: Any) -> None:
+        sweeper.ensure_started()
+        await app(scope, receive, send)
+
+    return application

@@ -1,0 +1,113 @@
+"""GET /spectate/ws?room=<room>[&after=<id>]: a read-only, gap-free, in-order event feed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from spectate.services import events_between, spectator_join, spectator_leave
+from streams.errors import ApiError
+from streams.events import room_group
+from streams.runtime import runtime
+from streams.services import validate_room_name
+
+logger = logging.getLogger(__name__)
+
+CLOSE_BAD_REQUEST = 4400
+
+
+def parse_query(query_string: bytes) -> tuple[str, int | None]:
+    params = parse_qs(query_string.decode("latin-1"))
+    room = validate_room_name(params.get("room", ["default"])[0])
+    after = None
+    if "after" in params:
+        raw = params["after"][0]
+        if not raw.isdigit():
+            raise ApiError("invalid_after", "after must be a non-negative integer.", field="after")
+        after = int(raw)
+    return room, after
+
+
+class SpectatorConsumer(AsyncJsonWebsocketConsumer):
+    room: str
+    last_sent: int
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, minus its per-message `close_old_connections` thread hop.
+
+        Every database call here goes through `runtime.run_db`, which closes its own
+        connections; the hop cost a round trip to asgiref's shared thread for every event
+        to every spectator (see docs/benchmarks.md).
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def connect(self) -> None:
+        try:
+            self.room, after = parse_query(self.scope.get("query_string", b""))
+        except ApiError as exc:
+            await self.accept()
+            await self.send_json({"type": "error", **exc.as_dict()})
+            await self.close(code=CLOSE_BAD_REQUEST)
+            return
+        # Subscribe before reading the snapshot: anything committed after it arrives live
+        # and is de-duplicated by id, so the seam between the two loses nothing.
+        await self.channel_layer.group_add(room_group(self.room), self.channel_name)
+        await self.accept()
+        runtime.local_spectators.add(self.channel_name)
+        joined = await runtime.run_db(
+            spectator_join, room_name=self.room, channel_name=self.channel_name, after=after
+        )
+        for message in joined["messages"]:
+            await self.send_json(message)
+        self.last_sent = joined["resume_from"]
+        if joined.get("catch_up"):
+            await self._catch_up(up_to=None)
+
+    async def disconnect(self, code: int) -> None:
+        if not hasattr(self, "room"):
+            return
+        runtime.local_spectators.discard(self.channel_name)
+        await self.channel_layer.group_discard(room_group(self.room), self.channel_name)
+        await runtime.run_db(spectator_leave, channel_name=self.channel_name)
+
+    async def _catch_up(self, *, up_to: int | None) -> None:
+        """Send stored events after last_sent (up to `up_to`), page by page."""
+        while True:
+            page = await runtime.run_db(
+                events_between, room_name=self.room, after=self.last_sent, up_to=up_to
+            )
+            for message in page:
+                await self.send_json(message)
+                self.last_sent = message["id"]
+            if not page or (up_to is not None and self.last_sent >= up_to):
+                return
+
+    async def room_events(self, message: dict[str, Any]) -> None:
+        """Live events from any worker. Late or missing ones are filled in from the log."""
+        if not hasattr(self, "last_sent"):
+            return
+        for event in message["events"]:
+            event_id = event["id"]
+            if event_id <= self.last_sent:
+                continue
+            if event_id > self.last_sent + 1:
+                await self._catch_up(up_to=event_id - 1)
+            await self.send_json(event)
+            self.last_sent = event_id
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        await self.send_json(
+            {
+                "type": "error",
+                "error": "read_only",
+                "detail": "Spectator sockets are read-only; send audio with POST /audio.",
+                "field": None,
+            }
+        )

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from recordings.consumers import StreamingConsumer
+from spectate.consumers import SpectatorConsumer
+from speech.consumers import JobProgressConsumer
+
+websocket_urlpatterns = [
+    path("spectate/ws", SpectatorConsumer.as_asgi()),
+    # Speech job progress: every job, or one job (speech/consumers.py).
+    path("v1/status/progress/ws", JobProgressConsumer.as_asgi()),
+    path("v1/status/progress/<str:job_id>/ws", JobProgressConsumer.as_asgi()),
+    path("ws/streaming", StreamingConsumer.as_asgi()),
+]

@@ -1,0 +1,47 @@
+"""Spectator joins and leaves, and the catch-up a joining socket needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from streams import selectors
+from streams.models import Room, SpectatorPresence
+
+
+def spectator_join(*, room_name: str, channel_name: str, after: int | None) -> dict[str, Any]:
+    """Register the socket and return what it must receive before live events.
+
+    Without `after`: a state snapshot, then the active stream's audio so far. With `after`:
+    the stored events after it. Either way `resume_from` is the id live delivery continues
+    after, so nothing is sent twice and nothing is skipped.
+    """
+    room, _ = Room.objects.get_or_create(name=room_name)
+    SpectatorPresence.objects.update_or_create(
+        channel_name=channel_name, defaults={"room": room, "seen_at": timezone.now()}
+    )
+    room.refresh_from_db(fields=["last_event_id"])
+    high_water = room.last_event_id
+    if after is None:
+        state = {
+            "type": "state",
+            "id": high_water,
+            "room": room.name,
+            "ts": selectors.iso(timezone.now()),
+            **selectors.room_state(room),
+        }
+        backlog = selectors.active_stream_backlog(room, up_to=high_water)
+        return {"messages": [state, *backlog], "resume_from": high_water}
+    return {"messages": [], "resume_from": min(after, high_water), "catch_up": True}
+
+
+def events_between(*, room_name: str, after: int, up_to: int | None) -> list[dict[str, Any]]:
+    room = Room.objects.filter(name=room_name).first()
+    if room is None:
+        return []
+    return selectors.events_after(room, after=after, up_to=up_to)
+
+
+def spectator_leave(*, channel_name: str) -> None:
+    SpectatorPresence.objects.filter(channel_name=channel_name).delete()

@@ -1,0 +1,302 @@
+"""OpenAPI entries for the speech views (plain async views drf-spectacular cannot see).
+
+The request schemas come from the same field table the views validate with
+(speech.params), so the documentation cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from speech.params import SPEECH_FIELDS
+from speech.voices import CREATE_FIELDS, UPDATE_FIELDS
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+TAG = "speech"
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {
+        str(code): {"description": "error", "content": {"application/json": {"schema": ERROR_REF}}}
+        for code in codes
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+SPEECH_REQUEST = _object(
+    {spec.name: spec.openapi() for spec in SPEECH_FIELDS},
+    [spec.name for spec in SPEECH_FIELDS if spec.required],
+)
+VOICE_FILE = {"type": "string", "format": "binary", "description": "reference audio to clone"}
+SPEECH_UPLOAD = _object(
+    {**SPEECH_REQUEST["properties"], "voice_file": VOICE_FILE}, SPEECH_REQUEST["required"]
+)
+AUDIO_TYPES = ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm")
+SSE_DESCRIPTION = (
+    "With stream_format=sse: `event: speech.audio.info` (sample_rate, channels, "
+    "bits_per_sample, response_format, job_id), then `speech.audio.delta` events (`audio`: "
+    "base64 of the next bytes of the response_format stream; raw PCM by default), then "
+    "`speech.audio.done` with `usage` (input_tokens: words and punctuation marks of the input; "
+    "output_tokens: one per started 20 ms of audio), or `speech.audio.error` on a failure."
+)
+AUDIO_RESPONSE = {
+    "description": "Audio streamed while it is synthesized (chunked). " + SSE_DESCRIPTION,
+    "headers": {
+        "X-Speech-Job-Id": {"schema": {"type": "string", "format": "uuid"}},
+        "X-Sample-Rate": {"schema": {"type": "integer"}},
+        "X-Speed-Applied": {"schema": {"type": "number"}},
+    },
+    "content": {
+        **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in AUDIO_TYPES},
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
+WAV_RESPONSE = {
+    "description": "One continuous WAV: a 44-byte header with 0xFFFFFFFF sizes, then PCM16 "
+    "mono as it is synthesized.",
+    "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+}
+PROGRESS = _object(
+    {
+        "is_processing": {"type": "boolean"},
+        "status": {
+            "type": "string",
+            "enum": ["idle", "initializing", "generating_audio", "completed", "cancelled", "error"],
+        },
+        "current_step": {"type": "string"},
+        "current_chunk": {"type": "integer"},
+        "total_chunks": {"type": "integer"},
+        "progress_percentage": {"type": "number"},
+        "duration_seconds": {"type": "number"},
+        "estimated_completion": {"type": "number", "nullable": True, "description": "epoch s"},
+        "text_preview": {"type": "string"},
+        "job_id": {"type": "string", "format": "uuid", "nullable": True},
+        "job_status": {"type": "string"},
+        "error": {"type": "string", "nullable": True},
+    }
+)
+VOICE = _object(
+    {
+        "name": {"type": "string"},
+        "source": {"type": "string", "enum": ["openai", "engine", "stored"]},
+        "kind": {"type": "string", "enum": ["alias", "engine", "preset", "sample"]},
+        "engine": {"type": "string"},
+        "engine_voice": {"type": "string", "nullable": True},
+        "language": {"type": "string"},
+        "gender": {"type": "string", "nullable": True},
+        "description": {"type": "string"},
+        "sample": {"type": "object", "nullable": True},
+        "download_url": {"type": "string"},
+    }
+)
+VOICE_FORM = {
+    "multipart/form-data": {
+        "schema": _object(
+            {**{spec.name: spec.openapi() for spec in CREATE_FIELDS}, "voice_file": VOICE_FILE},
+            ["name"],
+        )
+    },
+    "application/json": {"schema": _object({s.name: s.openapi() for s in CREATE_FIELDS})},
+}
+VOICE_PATCH = {
+    "multipart/form-data": {
+        "schema": _object(
+            {**{spec.name: spec.openapi() for spec in UPDATE_FIELDS}, "voice_file": VOICE_FILE}
+        )
+    },
+    "application/json": {"schema": _object({s.name: s.openapi() for s in UPDATE_FIELDS})},
+}
+MODEL = _object(
+    {
+        "id": {"type": "string"},
+        "object": {"type": "string"},
+        "engine": {"type": "string"},
+        "kind": {"type": "string"},
+        "available": {"type": "boolean"},
+        "sample_rate": {"type": "integer", "nullable": True},
+        "voice_cloning": {"type": "boolean", "nullable": True},
+        "params": _object(
+            {
+                "effective": {"type": "object", "additionalProperties": {"type": "string"}},
+                "accepted_without_effect": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                },
+                "engine_notes": {"type": "string"},
+            }
+        ),
+    }
+)
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+JOB_PARAM = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _speech_post(op_id: str, summary: str, *, upload: bool, wav: bool) -> dict[str, Any]:
+    content = ({"multipart/form-data": {"schema": SPEECH_UPLOAD}} if upload else {}) | {
+        "application/json": {"schema": SPEECH_REQUEST}
+    }
+    return {
+        "post": {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": [TAG],
+            "requestBody": {"required": True, "content": content},
+            "responses": {
+                "200": WAV_RESPONSE if wav else AUDIO_RESPONSE,
+                **_errors(400, 405, 413, 415, 422, 502, 503),
+            },
+        }
+    }
+
+
+def _get(op_id: str, summary: str, schema: dict[str, Any], *codes: int, **extra: Any) -> dict:
+    return {
+        "get": {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": [TAG],
+            "responses": {"200": _json(schema), **_errors(*codes)},
+            **extra,
+        }
+    }
+
+
+def speech_paths() -> dict[str, Any]:
+    speech = {
+        "audio/speech": _speech_post(
+            "speech", "Text to speech, OpenAI-compatible, streamed", upload=False, wav=False
+        ),
+        "audio/speech/stream": _speech_post(
+            "speech_stream", "Text to one continuous WAV stream (seed)", upload=False, wav=True
+        ),
+        "audio/speech/upload": _speech_post(
+            "speech_upload", "Speech with an uploaded voice sample", upload=True, wav=False
+        ),
+        "audio/speech/stream/upload": _speech_post(
+            "speech_stream_upload", "Continuous WAV with a voice sample", upload=True, wav=True
+        ),
+    }
+    paths: dict[str, Any] = {}
+    for route, item in speech.items():
+        paths[f"/v1/{route}"] = item
+        alias = {
+            method: {
+                **operation,
+                "operationId": "bare_" + operation["operationId"],
+                "summary": operation["summary"] + f" (alias of /v1/{route})",
+            }
+            for method, operation in item.items()
+        }
+        paths[f"/{route}"] = alias
+    voice_list = _object(
+        {
+            "voices": {"type": "array", "items": VOICE},
+            "count": {"type": "integer"},
+            "default_engine": {"type": "string"},
+        }
+    )
+    paths["/v1/voices"] = {
+        **_get(
+            "voice_list",
+            "Engine voices, OpenAI names and stored voices",
+            voice_list,
+            400,
+            parameters=[{"name": "engine", "in": "query", "schema": {"type": "string"}}],
+        ),
+        "post": {
+            "operationId": "voice_create",
+            "summary": "Store a voice: a name plus a sample file or an engine preset",
+            "tags": [TAG],
+            "requestBody": {"required": True, "content": VOICE_FORM},
+            "responses": {"201": _json(VOICE, "created"), **_errors(400, 409, 413, 415, 503)},
+        },
+    }
+    paths["/v1/voices/{name}"] = {
+        **_get("voice_detail", "One voice", VOICE, 404, parameters=[NAME_PARAM]),
+        "patch": {
+            "operationId": "voice_update",
+            "summary": "Change a stored voice",
+            "tags": [TAG],
+            "parameters": [NAME_PARAM],
+            "requestBody": {"content": VOICE_PATCH},
+            "responses": {"200": _json(VOICE), **_errors(400, 404, 409, 413, 415)},
+        },
+        "delete": {
+            "operationId": "voice_delete",
+            "summary": "Delete a stored voice and its sample",
+            "tags": [TAG],
+            "parameters": [NAME_PARAM],
+            "responses": {"204": {"description": "deleted"}, **_errors(404, 409)},
+        },
+    }
+    paths["/v1/voices/{name}/download"] = {
+        "get": {
+            "operationId": "voice_download",
+            "summary": "The stored sample, or a WAV preview of a preset or engine voice",
+            "tags": [TAG],
+            "parameters": [NAME_PARAM],
+            "responses": {
+                "200": {
+                    "description": "audio file",
+                    "content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_errors(404),
+            },
+        }
+    }
+    paths["/v1/status/progress"] = _get(
+        "speech_progress",
+        "The most recent active synthesis (seed shape). Pushed live over WebSocket at "
+        "/v1/status/progress/ws (all jobs) and /v1/status/progress/{job_id}/ws (one job)",
+        PROGRESS,
+    )
+    paths["/v1/status/progress/{job_id}"] = _get(
+        "speech_job_progress", "One job's progress", PROGRESS, 400, 404, parameters=[JOB_PARAM]
+    )
+    paths["/v1/models"] = _get(
+        "models",
+        "Models and engines; per engine, which parameters take effect and which are "
+        "accepted without effect",
+        _object({"object": {"type": "string"}, "data": {"type": "array", "items": MODEL}}),
+    )
+    paths["/v1/models/{model}"] = _get(
+        "model",
+        "One model",
+        MODEL,
+        404,
+        parameters=[
+            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+    )
+    paths["/health"] = _get(
+        "health", "Engines and database; 503 when the default engine is unavailable", {}, 503
+    )
+    paths["/memory"] = _get(
+        "memory",
+        "Process RSS, Python heap, GC counts and active jobs (?cleanup=true runs the GC)",
+        _object({"memory_info": {"type": "object"}, "active_jobs": {"type": "integer"}}),
+    )
+    return paths
+
+
+def add_speech_endpoints(result: dict, generator: Any, request: Any, public: bool) -> dict:
+    from config.schema import ERROR
+
+    result.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR)
+    result.setdefault("paths", {}).update(speech_paths())
+    return result

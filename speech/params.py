@@ -1,0 +1,234 @@
+"""The speech request fields: one table drives validation, defaults and the OpenAPI schema.
+
+Field names, ranges and defaults are the contract of the streaming TTS seed (002) plus
+OpenAI's ``/v1/audio/speech``. Values arrive as JSON (typed) or multipart form fields
+(strings): ``parse_fields`` accepts both and answers the first problem as an ApiError that
+names the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.errors import ApiError
+
+RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+STREAM_FORMATS = ("audio", "sse")
+STRATEGIES = ("sentence", "paragraph", "fixed", "word")
+QUALITIES = ("fast", "balanced", "high")
+MAX_INPUT_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str  # "str", "float", "int", "enum"
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    max_length: int | None = None
+    required: bool = False
+    description: str = ""
+
+    def openapi(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "str": {"type": "string"},
+            "enum": {"type": "string", "enum": list(self.choices)},
+            "float": {"type": "number"},
+            "int": {"type": "integer"},
+        }[self.kind]
+        if self.low is not None:
+            schema["minimum"] = self.low
+        if self.high is not None:
+            schema["maximum"] = self.high
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+            if self.required:
+                schema["minLength"] = 1
+        if self.default is not None:
+            schema["default"] = self.default
+        if self.description:
+            schema["description"] = self.description
+        return schema
+
+
+# The seed's synthesis knobs: the ``params`` of synthesis_stream.
+KNOB_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("exaggeration", "float", 0.5, 0.25, 2.0, description="Emotion intensity"),
+    FieldSpec("cfg_weight", "float", 0.5, 0.0, 1.0, description="Pace control"),
+    FieldSpec("temperature", "float", 0.8, 0.05, 5.0, description="Sampling randomness"),
+    FieldSpec(
+        "streaming_chunk_size", "int", 200, 50, 500, description="Characters per streaming chunk"
+    ),
+    FieldSpec(
+        "streaming_strategy",
+        "enum",
+        "sentence",
+        choices=STRATEGIES,
+        description="How to break up text for streaming",
+    ),
+    FieldSpec(
+        "streaming_buffer_size",
+        "int",
+        3,
+        1,
+        10,
+        description="Text chunks synthesized ahead of the client",
+    ),
+    FieldSpec(
+        "streaming_quality",
+        "enum",
+        "balanced",
+        choices=QUALITIES,
+        description="Speed vs quality: encoder bitrate and resampler quality",
+    ),
+    FieldSpec(
+        "instructions",
+        "str",
+        max_length=MAX_INPUT_CHARS,
+        description="OpenAI gpt-4o-mini-tts style instructions (forwarded by the openai engine)",
+    ),
+)
+KNOB_NAMES = frozenset(spec.name for spec in KNOB_FIELDS)
+KNOB_DEFAULTS: dict[str, Any] = {
+    spec.name: spec.default for spec in KNOB_FIELDS if spec.default is not None
+}
+
+SPEECH_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(
+        "model",
+        "str",
+        max_length=64,
+        description="tts-1, tts-1-hd, gpt-4o-mini-tts (the default engine) or an engine name",
+    ),
+    FieldSpec(
+        "input",
+        "str",
+        required=True,
+        max_length=MAX_INPUT_CHARS,
+        description="Text to convert to speech",
+    ),
+    FieldSpec(
+        "voice",
+        "str",
+        max_length=128,
+        description="OpenAI voice name, engine voice id or stored voice name",
+    ),
+    FieldSpec(
+        "response_format",
+        "enum",
+        "mp3",
+        choices=RESPONSE_FORMATS,
+        description="Audio format; with stream_format=sse the default is pcm",
+    ),
+    FieldSpec("speed", "float", 1.0, 0.25, 4.0, description="Speaking rate"),
+    FieldSpec("stream_format", "enum", "audio", choices=STREAM_FORMATS),
+    FieldSpec(
+        "sample_rate",
+        "int",
+        low=8000,
+        high=48000,
+        description="Output sample rate (resampled); default: the engine's, or 24000 for pcm",
+    ),
+    *KNOB_FIELDS,
+)
+SPEECH_FIELD_NAMES = frozenset(spec.name for spec in SPEECH_FIELDS)
+
+
+def _invalid(name: str, detail: str) -> ApiError:
+    return ApiError(f"invalid_{name}", detail, field=name)
+
+
+def _number(spec: FieldSpec, value: Any, *, from_form: bool) -> float | int:
+    if isinstance(value, str) and from_form:
+        text = value.strip()
+        try:
+            value = int(text) if spec.kind == "int" else float(text)
+        except ValueError:
+            kind = "an integer" if spec.kind == "int" else "a number"
+            raise _invalid(spec.name, f"{spec.name} must be {kind}, got {text!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "an integer" if spec.kind == "int" else "a number"
+        raise _invalid(spec.name, f"{spec.name} must be {kind}, got {value!r}.")
+    if spec.kind == "int":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise _invalid(spec.name, f"{spec.name} must be an integer, got {value!r}.")
+            value = int(value)
+    elif not math.isfinite(value):
+        raise _invalid(spec.name, f"{spec.name} must be a finite number.")
+    else:
+        value = float(value)
+    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
+        raise _invalid(
+            spec.name,
+            f"{spec.name} must be between {spec.low:g} and {spec.high:g}, got {value:g}.",
+        )
+    return value
+
+
+def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
+    if spec.kind in ("float", "int"):
+        return _number(spec, value, from_form=from_form)
+    if not isinstance(value, str):
+        raise _invalid(spec.name, f"{spec.name} must be a string.")
+    if spec.kind == "enum":
+        if value not in spec.choices:
+            raise _invalid(
+                spec.name,
+                f"{spec.name} must be one of {', '.join(spec.choices)}; got {value!r}.",
+            )
+        return value
+    if spec.max_length is not None and len(value) > spec.max_length:
+        raise _invalid(
+            spec.name,
+            f"{spec.name} must be at most {spec.max_length} characters, got {len(value)}.",
+        )
+    if spec.required and not value.strip():
+        raise _invalid(spec.name, f"{spec.name} must contain some text.")
+    return value
+
+
+@dataclass
+class ParsedFields:
+    values: dict[str, Any]  # every field, defaults filled in
+    given: set[str] = field(default_factory=set)  # the fields the client actually sent
+
+
+def parse_fields(
+    data: Mapping[str, Any],
+    specs: Iterable[FieldSpec] = SPEECH_FIELDS,
+    *,
+    from_form: bool = False,
+    ignore: Iterable[str] = (),
+) -> ParsedFields:
+    """Validate ``data`` against ``specs``: unknown fields are refused, never ignored."""
+    specs = tuple(specs)
+    known = {spec.name for spec in specs} | set(ignore)
+    for name in data:
+        if name not in known:
+            raise ApiError(
+                "unknown_field",
+                f"Unknown field {name!r}; known fields: {', '.join(sorted(known))}.",
+                field=name,
+            )
+    parsed = ParsedFields(values={})
+    for spec in specs:
+        raw = data.get(spec.name)
+        if raw is None or (from_form and raw == "" and not spec.required):
+            if spec.required:
+                raise ApiError(f"missing_{spec.name}", f"{spec.name} is required.", field=spec.name)
+            parsed.values[spec.name] = spec.default
+            continue
+        parsed.values[spec.name] = _value(spec, raw, from_form=from_form)
+        parsed.given.add(spec.name)
+    return parsed
+
+
+def parse_knobs(params: Mapping[str, Any] | None) -> ParsedFields:
+    """The seed's knobs given to synthesis_stream (typed values, as from JSON)."""
+    return parse_fields(params or {}, KNOB_FIELDS)

@@ -1,0 +1,605 @@
+"""eSpeak NG in-process through ctypes, from the ``espeakng-loader`` wheel.
+
+libespeak-ng keeps global state and crashes when two threads synthesize at once, so one
+daemon thread per process owns every call into it. Requests become jobs split at sentence
+boundaries; the thread synthesizes one piece of one job at a time, round robin, so a long text
+cannot hold up a short one for more than a piece. In synchronous mode espeak hands PCM to a
+callback every ``buffer_ms`` milliseconds of audio; the callback forwards each buffer to the
+job's queue at once, so the consumer gets its first chunk after well under a millisecond of
+synthesis, not after the whole text. Returning 1 from the callback aborts synthesis: that is
+how a cancelled job stops within one chunk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import re
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    EngineCapabilities,
+    EngineUnavailable,
+    Mark,
+    SynthChunk,
+    SynthesisError,
+    TTSEngine,
+    VoiceInfo,
+    VoiceNotFound,
+    VoiceSample,
+)
+from .text import TextSpan, split_spans
+
+__all__ = [
+    "DEFAULT_RATE_WPM",
+    "MAX_RATE_WPM",
+    "MIN_RATE_WPM",
+    "EspeakEngine",
+]
+
+# speak_lib.h constants
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_ENDPAUSE = 0x1000
+_INITIALIZE_DONT_EXIT = 0x8000
+_EE_OK = 0
+_EE_NOT_FOUND = 2
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+_EVENT_SENTENCE = 2
+_PARAM_RATE = 1
+_PARAM_VOLUME = 2
+_PARAM_PITCH = 3
+_PARAM_RANGE = 4
+_PARAM_WORDGAP = 7
+
+DEFAULT_RATE_WPM = 175
+MIN_RATE_WPM = 80  # espeak's floor: slower requests are clamped
+# espeak documents 450 wpm as its maximum, but this build links sonic and measured durations
+# scale linearly up to 1000 wpm; 700 wpm is 4x, the top of the API's speed range.
+MAX_RATE_WPM = 700
+
+# params accepted by this engine -> (espeak parameter, lowest, highest, default)
+_PARAMS: dict[str, tuple[int, int, int, int]] = {
+    "pitch": (_PARAM_PITCH, 0, 100, 50),
+    "pitch_range": (_PARAM_RANGE, 0, 100, 50),
+    "volume": (_PARAM_VOLUME, 0, 200, 100),
+    "word_gap": (_PARAM_WORDGAP, 0, 100, 0),  # extra pause between words, in 10 ms units
+}
+
+# Pieces handed to espeak at once: long enough for natural sentence prosody, short enough
+# that a job waits at most ~400 characters (~40 ms of synthesis) behind another. The first
+# piece is shorter, so that under load every caller's first audio comes early.
+_PIECE_CHARS = 400
+_FIRST_PIECE_CHARS = 120
+# A job whose consumer lags this far behind is parked until it catches up, so a slow client
+# does not make the engine buffer a whole long text in memory.
+_MAX_BUFFERED_SECONDS = 30.0
+_POLL_SECONDS = 0.05
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based character index into the synthesized text
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds since the start of the call
+        ("sample", ctypes.c_int),  # samples since the start of the call
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_void_p),  # union of int / const char* / char[8]
+    ]
+
+
+class _Voice(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_void_p),  # (priority byte, NUL-terminated code)* then a 0 byte
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
+_GENDERS = {1: "male", 2: "female"}
+
+
+def _read_languages(address: int | None) -> list[str]:
+    codes: list[str] = []
+    if not address:
+        return codes
+    while ctypes.c_ubyte.from_address(address).value != 0:  # priority byte, 0 ends the list
+        code = ctypes.string_at(address + 1)
+        codes.append(code.decode("utf-8", "replace"))
+        address += len(code) + 2
+    return codes
+
+
+@dataclass(frozen=True)
+class _ListedVoice:
+    name: str
+    identifier: str
+    gender: str | None
+    languages: list[str]
+
+
+@dataclass
+class _Job:
+    pieces: deque[TextSpan]
+    voice: str
+    rate: int
+    settings: dict[int, int]
+    cancel: threading.Event | None  # the caller's: only ever read, never set here
+    out: queue.Queue[Any] = field(default_factory=queue.Queue)
+    emitted_bytes: int = 0  # PCM bytes produced so far: the base for mark audio offsets
+    piece_base: int = 0
+    piece_start: int = 0
+    pending_marks: list[Mark] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    buffered_bytes: int = 0
+    parked: bool = False
+    # Set when the consumer goes away; kept apart from ``cancel`` so that finishing a
+    # stream does not flip an event the caller may share with other work (e.g. astream).
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def stopped(self) -> bool:
+        return self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+
+class _Finished:
+    pass
+
+
+_FINISHED = _Finished()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+class _EspeakRuntime:
+    """The loaded library and the one thread allowed to call into it."""
+
+    def __init__(self, library_path: str, data_path: str, buffer_ms: int) -> None:
+        try:
+            self._lib = ctypes.CDLL(library_path)
+        except OSError as error:
+            raise EngineUnavailable(
+                f"cannot load libespeak-ng from {library_path}: {error}"
+            ) from error
+        self.data_path = data_path
+        self._lib.espeak_Initialize.restype = ctypes.c_int
+        self._lib.espeak_Initialize.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
+        self._lib.espeak_Synth.restype = ctypes.c_int
+        self._lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        self._lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self._lib.espeak_SetParameter.restype = ctypes.c_int
+        self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self._lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+        self._lib.espeak_ListVoices.argtypes = [ctypes.POINTER(_Voice)]
+
+        self.sample_rate = self._lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, buffer_ms, data_path.encode(), _INITIALIZE_DONT_EXIT
+        )
+        if self.sample_rate <= 0:
+            raise EngineUnavailable(f"espeak_Initialize failed with data path {data_path}")
+        # Keep a reference: ctypes frees the trampoline when the Python object dies.
+        self._callback = _SynthCallback(self._on_audio)
+        self._lib.espeak_SetSynthCallback(self._callback)
+
+        self._lock = threading.Lock()  # held around every call into the library
+        self._ready: queue.Queue[_Job] = queue.Queue()
+        self._active: _Job | None = None
+        self._current_voice: str | None = None
+        self._voices: list[VoiceInfo] | None = None
+        self._variants: list[VoiceInfo] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+
+    def after_fork_in_child(self) -> None:
+        # The child has no synthesis thread, and a lock held by the parent's would stay held.
+        self._lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+        self._ready = queue.Queue()
+        self._active = None
+        self._current_voice = None
+        self._thread = None
+
+    # -- voices -----------------------------------------------------------------------------
+
+    def _list(self, variants: bool) -> list[_ListedVoice]:
+        # espeak_ListVoices rebuilds (and frees) the array it returned last time: copy
+        # everything out before the lock is released.
+        spec = None
+        family = ctypes.create_string_buffer(b"variant")  # alive until the call returns
+        if variants:
+            spec = _Voice()
+            spec.languages = ctypes.cast(family, ctypes.c_void_p)
+        with self._lock:
+            array = self._lib.espeak_ListVoices(ctypes.byref(spec) if spec else None)
+            found: list[_ListedVoice] = []
+            index = 0
+            while array[index]:
+                raw = array[index].contents
+                found.append(
+                    _ListedVoice(
+                        name=(raw.name or b"").decode("utf-8", "replace").strip(),
+                        identifier=(raw.identifier or b"").decode("utf-8", "replace"),
+                        gender=_GENDERS.get(raw.gender),
+                        languages=_read_languages(raw.languages),
+                    )
+                )
+                index += 1
+            return found
+
+    def _has_dictionary(self, identifier: str) -> bool:
+        # A few voices ship without their dictionary in this wheel; they speak silence.
+        voice_file = Path(self.data_path, "lang", identifier)
+        dictionary = identifier.rsplit("/", 1)[-1].split("-")[0].lower()
+        try:
+            declared = re.search(
+                r"^\s*dictionary\s+(\S+)", voice_file.read_text("utf-8", "replace"), re.M
+            )
+        except OSError:
+            return True
+        if declared:
+            dictionary = declared.group(1)
+        return Path(self.data_path, f"{dictionary}_dict").exists()
+
+    def voices(self) -> list[VoiceInfo]:
+        if self._voices is None:
+            self._voices = [
+                VoiceInfo(
+                    id=listed.identifier.rsplit("/", 1)[-1].lower(),
+                    name=listed.name,
+                    language=listed.languages[0] if listed.languages else "",
+                    gender=None,  # espeak reports "male" for every base voice
+                )
+                for listed in self._list(variants=False)
+                if listed.identifier and self._has_dictionary(listed.identifier)
+            ]
+        return self._voices
+
+    def variants(self) -> list[VoiceInfo]:
+        if self._variants is None:
+            self._variants = [
+                VoiceInfo(
+                    id=listed.identifier.rsplit("/", 1)[-1],
+                    name=listed.name,
+                    language="variant",
+                    gender=listed.gender,
+                )
+                for listed in self._list(variants=True)
+            ]
+        return self._variants
+
+    # -- the synthesis thread ---------------------------------------------------------------
+
+    def submit(self, job: _Job) -> None:
+        self._ensure_thread()
+        self._ready.put(job)
+
+    def _ensure_thread(self) -> None:
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="espeak-ng", daemon=True)
+                self._thread.start()
+
+    def consumed(self, job: _Job, n_bytes: int) -> None:
+        """Called by the consumer: un-park the job once it has drained half its buffer."""
+        with job.lock:
+            job.buffered_bytes -= n_bytes
+            resume = job.parked and job.buffered_bytes <= self._max_buffered_bytes() // 2
+            if resume:
+                job.parked = False
+        if resume:
+            self._ready.put(job)
+
+    def _max_buffered_bytes(self) -> int:
+        return int(_MAX_BUFFERED_SECONDS * self.sample_rate) * 2
+
+    def _run(self) -> None:
+        while True:
+            job = self._ready.get()
+            if job.stopped:
+                continue  # the consumer has gone; nobody reads job.out any more
+            with job.lock:
+                if job.buffered_bytes > self._max_buffered_bytes():
+                    job.parked = True
+                    continue
+            try:
+                self._synthesize_piece(job, job.pieces.popleft())
+            except BaseException as error:
+                job.out.put(_Failed(error))
+                continue
+            if job.pieces and not job.stopped:
+                self._ready.put(job)  # back of the line: round robin between jobs
+            else:
+                if job.pending_marks:
+                    job.out.put(SynthChunk(b"", tuple(job.pending_marks)))
+                job.out.put(_FINISHED)
+
+    def _synthesize_piece(self, job: _Job, piece: TextSpan) -> None:
+        encoded = piece.text.encode("utf-8")
+        with self._lock:
+            if job.voice != self._current_voice:
+                status = self._lib.espeak_SetVoiceByName(job.voice.encode())
+                if status != _EE_OK:
+                    self._current_voice = None
+                    if status == _EE_NOT_FOUND:
+                        raise VoiceNotFound(job.voice, "espeak")
+                    raise SynthesisError(f"espeak_SetVoiceByName failed with status {status}")
+                self._current_voice = job.voice
+            # Every job sets every parameter: another job may have changed them.
+            self._lib.espeak_SetParameter(_PARAM_RATE, job.rate, 0)
+            for parameter, value in job.settings.items():
+                self._lib.espeak_SetParameter(parameter, value, 0)
+            job.piece_base = job.emitted_bytes
+            job.piece_start = piece.start
+            self._active = job
+            try:
+                status = self._lib.espeak_Synth(
+                    encoded,
+                    len(encoded) + 1,
+                    0,
+                    _POS_CHARACTER,
+                    0,
+                    _CHARS_UTF8 | _ENDPAUSE,
+                    None,
+                    None,
+                )
+            finally:
+                self._active = None
+        if status != _EE_OK and not job.stopped:
+            raise SynthesisError(f"espeak_Synth failed with status {status}")
+
+    def _on_audio(self, wav: Any, n_samples: int, events: Any) -> int:
+        job = self._active
+        if job is None:
+            return 1
+        try:
+            if job.stopped:
+                return 1  # tells espeak to abort this synthesis
+            index = 0
+            while events[index].type != _EVENT_LIST_TERMINATED:
+                event = events[index]
+                index += 1
+                if event.type not in (_EVENT_WORD, _EVENT_SENTENCE):
+                    continue
+                samples = event.sample or event.audio_position * self.sample_rate // 1000
+                job.pending_marks.append(
+                    Mark(
+                        "word" if event.type == _EVENT_WORD else "sentence",
+                        job.piece_start + max(event.text_position - 1, 0),
+                        job.piece_base + samples * 2,
+                    )
+                )
+            if n_samples > 0 and wav:
+                pcm = ctypes.string_at(wav, n_samples * 2)
+                chunk = SynthChunk(pcm, tuple(job.pending_marks))
+                job.pending_marks.clear()
+                job.emitted_bytes += len(pcm)
+                with job.lock:
+                    job.buffered_bytes += len(pcm)
+                job.out.put(chunk)
+            return 0
+        except BaseException as error:  # an exception must not unwind through C
+            job.out.put(_Failed(error))
+            job.abandoned.set()
+            return 1
+
+
+_RUNTIMES: dict[tuple[str, str], _EspeakRuntime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def _reset_runtimes_in_child() -> None:
+    global _RUNTIMES_LOCK
+    _RUNTIMES_LOCK = threading.Lock()
+    for runtime in _RUNTIMES.values():
+        runtime.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_runtimes_in_child)
+
+
+def _runtime(library_path: str | None, data_path: str | None, buffer_ms: int) -> _EspeakRuntime:
+    if library_path is None or data_path is None:
+        try:
+            import espeakng_loader
+        except ImportError as error:
+            raise EngineUnavailable(
+                "espeak needs the espeakng-loader package (pip install espeakng-loader)"
+            ) from error
+        library_path = library_path or espeakng_loader.get_library_path()
+        try:
+            data_path = data_path or espeakng_loader.get_data_path()
+        except RuntimeError as error:
+            raise EngineUnavailable(str(error)) from error
+    key = (library_path, data_path)
+    with _RUNTIMES_LOCK:
+        # One runtime per library: ctypes returns the same handle, hence the same global state.
+        if key not in _RUNTIMES:
+            _RUNTIMES[key] = _EspeakRuntime(library_path, data_path, buffer_ms)
+        return _RUNTIMES[key]
+
+
+def _pieces(text: str) -> list[TextSpan]:
+    pieces = split_spans(text, "sentence", _PIECE_CHARS)
+    if pieces and len(pieces[0].text) > _FIRST_PIECE_CHARS:
+        first = pieces.pop(0)
+        pieces[:0] = [
+            TextSpan(first.start + span.start, first.start + span.end, span.text)
+            for span in split_spans(first.text, "sentence", _FIRST_PIECE_CHARS)
+        ]
+    return pieces
+
+
+def _param_setting(name: str, value: Any) -> int:
+    _, low, high, _ = _PARAMS[name]
+    try:
+        number = round(float(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number") from None
+    return min(max(number, low), high)
+
+
+class EspeakEngine(TTSEngine):
+    """eSpeak NG voices, 22050 Hz. ``voice`` is a voice id optionally with ``+variant``
+    (e.g. ``en-us+f3``); see :meth:`voices` and :meth:`variants`."""
+
+    name = "espeak"
+    capabilities = EngineCapabilities(
+        voice_cloning=False,
+        word_marks=True,
+        sentence_marks=True,
+        params=frozenset({"speed", *_PARAMS}),
+        speed_range=(MIN_RATE_WPM / DEFAULT_RATE_WPM, MAX_RATE_WPM / DEFAULT_RATE_WPM),
+        notes=(
+            "speed maps to words per minute (1.0 = 175 wpm) and is clamped to 80-700 wpm, "
+            "so speeds below ~0.46 sound like 0.46. params: pitch 0-100 (50), "
+            "pitch_range 0-100 (50), volume 0-200 (100), word_gap in 10 ms units (0)."
+        ),
+    )
+
+    def __init__(
+        self,
+        *,
+        default_voice: str = "en-us",
+        library_path: str | None = None,
+        data_path: str | None = None,
+        buffer_ms: int = 60,
+    ) -> None:
+        self._runtime = _runtime(library_path, data_path, buffer_ms)
+        self.sample_rate = self._runtime.sample_rate
+        self._default_voice = default_voice
+        self._aliases: dict[str, str] | None = None
+
+    @property
+    def default_voice(self) -> str:
+        return self._default_voice
+
+    def voices(self) -> list[VoiceInfo]:
+        return list(self._runtime.voices())
+
+    def variants(self) -> list[VoiceInfo]:
+        """Voice variants (``m1``..``m8``, ``f1``..``f5``, named ones) to append as ``+id``."""
+        return list(self._runtime.variants())
+
+    def resolve_voice(self, voice: str | None) -> str:
+        """The canonical ``id[+variant]`` for a voice id, file name or language code."""
+        if self._aliases is None:
+            aliases: dict[str, str] = {}
+            for info in reversed(self._runtime.voices()):  # first listed wins on language
+                aliases[info.language.lower()] = info.id
+            for info in self._runtime.voices():
+                aliases[info.name.lower()] = info.id
+                aliases[info.id] = info.id
+            self._aliases = aliases
+        requested = voice or self._default_voice
+        base, _, variant = requested.partition("+")
+        canonical = self._aliases.get(base.strip().lower())
+        if canonical is None:
+            raise VoiceNotFound(requested, self.name)
+        if variant:
+            known = {info.id.lower(): info.id for info in self._runtime.variants()}
+            if variant.strip().lower() not in known:
+                raise VoiceNotFound(requested, self.name)
+            canonical = f"{canonical}+{known[variant.strip().lower()]}"
+        return canonical
+
+    def check_request(
+        self,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        voice_sample: VoiceSample | None = None,
+    ) -> None:
+        self.check_sample_and_speed(speed=speed, voice_sample=voice_sample)
+        self.resolve_voice(voice)
+
+    def rate_for(self, speed: float) -> int:
+        return min(max(round(DEFAULT_RATE_WPM * speed), MIN_RATE_WPM), MAX_RATE_WPM)
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        params: Mapping[str, Any] | None = None,
+        cancel: threading.Event | None = None,
+        voice_sample: VoiceSample | None = None,
+    ) -> Iterator[SynthChunk]:
+        # Validation happens here, eagerly, so a bad request fails before any streaming starts.
+        self.check_request(voice=voice, speed=speed, voice_sample=voice_sample)
+        params = params or {}
+        settings = {
+            parameter: _param_setting(name, params[name]) if name in params else default
+            for name, (parameter, _, _, default) in _PARAMS.items()
+        }
+        job = _Job(
+            pieces=deque(_pieces(text.replace("\x00", " "))),
+            voice=self.resolve_voice(voice),
+            rate=self.rate_for(speed),
+            settings=settings,
+            cancel=cancel,
+        )
+        return self._stream(job)
+
+    def _stream(self, job: _Job) -> Iterator[SynthChunk]:
+        if not job.pieces:
+            return
+        self._runtime.submit(job)
+        try:
+            while True:
+                try:
+                    item = job.out.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if job.stopped:
+                        return
+                    continue
+                if isinstance(item, _Finished):
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                self._runtime.consumed(job, len(item.pcm))
+                if job.stopped:
+                    return
+                yield item
+        finally:
+            # Consumer gone (finished, broke out, or cancelled): stop the synthesis thread's
+            # work on this job at its next callback.
+            job.abandoned.set()

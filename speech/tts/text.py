@@ -1,0 +1,192 @@
+"""Split text into pieces for streaming synthesis (the seed's ``streaming_strategy``).
+
+Every strategy returns spans of the original text, in order, without overlap, each trimmed of
+surrounding whitespace and none empty; so the spans, with whitespace removed, spell the input
+with whitespace removed. Pieces are at most ``chunk_size`` characters, except that ``sentence``
+and ``paragraph`` keep a unit whole when it fits and only then fall back to finer boundaries:
+
+- ``sentence``: cut after ``.``, ``!``, ``?`` (not after common abbreviations), then pack
+  consecutive sentences while they fit; a longer sentence is cut at clause punctuation
+  (``,;:``), then at word boundaries, then hard.
+- ``paragraph``: cut at blank lines, pack paragraphs while they fit; a longer paragraph falls
+  back to the sentence rules.
+- ``word``: pack words while they fit; a word longer than ``chunk_size`` is cut hard.
+- ``fixed``: exactly ``chunk_size`` characters per piece (trimming may shorten a piece).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_STRATEGY",
+    "MAX_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "STRATEGIES",
+    "Strategy",
+    "TextSpan",
+    "sentence_spans",
+    "split_spans",
+    "split_text",
+]
+
+Strategy = Literal["sentence", "paragraph", "fixed", "word"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+DEFAULT_STRATEGY: Strategy = "sentence"
+# The API range of ``streaming_chunk_size``; the splitter itself accepts any size >= 1.
+MIN_CHUNK_SIZE = 50
+MAX_CHUNK_SIZE = 500
+DEFAULT_CHUNK_SIZE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class TextSpan:
+    start: int
+    end: int
+    text: str  # == source[start:end]
+
+
+Range = tuple[int, int]
+Level = Callable[[str, int, int, int], list[Range]]
+
+_CLOSERS = "\"'\u201d\u2019)]}\u00bb"
+_SENTENCE_END = re.compile(rf"[.!?\u2026]+[{re.escape(_CLOSERS)}]*(?=\s|$)")
+_CLAUSE_END = re.compile(rf"(?:[,;:]|\u2014|\u2013|--)[{re.escape(_CLOSERS)}]*(?=\s|$)")
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+_WORD = re.compile(r"\S+")
+# "Dr. Smith" is one sentence; a lone capital ("J. R. R.") is an initial, not an ending.
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "fig"}
+    | {"approx", "dept", "inc", "ltd", "mt"}
+)
+_LAST_WORD = re.compile(r"(\S+)\.$")
+
+
+def _trim(text: str, start: int, end: int) -> Range | None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return (start, end) if start < end else None
+
+
+def _units_ending_with(pattern: re.Pattern[str], skip: Callable[[str, int, int], bool]) -> Level:
+    """Units that end right after each match of ``pattern`` (the terminator stays attached)."""
+
+    def units(text: str, start: int, end: int, _size: int) -> list[Range]:
+        found: list[Range] = []
+        unit_start = start
+        for match in pattern.finditer(text, start, end):
+            if skip(text, unit_start, match.end()):
+                continue
+            if (unit := _trim(text, unit_start, match.end())) is not None:
+                found.append(unit)
+            unit_start = match.end()
+        if (unit := _trim(text, unit_start, end)) is not None:
+            found.append(unit)
+        return found
+
+    return units
+
+
+def _is_abbreviation(text: str, unit_start: int, cut: int) -> bool:
+    match = _LAST_WORD.search(text, unit_start, cut)
+    if match is None:
+        return False
+    word = match.group(1).lstrip("(\"'").lower()
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def _never(_text: str, _start: int, _end: int) -> bool:
+    return False
+
+
+def _paragraph_units(text: str, start: int, end: int, _size: int) -> list[Range]:
+    found: list[Range] = []
+    unit_start = start
+    for match in _BLANK_LINE.finditer(text, start, end):
+        if (unit := _trim(text, unit_start, match.start())) is not None:
+            found.append(unit)
+        unit_start = match.end()
+    if (unit := _trim(text, unit_start, end)) is not None:
+        found.append(unit)
+    return found
+
+
+def _word_units(text: str, start: int, end: int, _size: int) -> list[Range]:
+    return [match.span() for match in _WORD.finditer(text, start, end)]
+
+
+def _fixed_units(text: str, start: int, end: int, size: int) -> list[Range]:
+    found: list[Range] = []
+    for piece_start in range(start, end, size):
+        if (unit := _trim(text, piece_start, min(piece_start + size, end))) is not None:
+            found.append(unit)
+    return found
+
+
+_sentence_units = _units_ending_with(_SENTENCE_END, _is_abbreviation)
+_clause_units = _units_ending_with(_CLAUSE_END, _never)
+
+# Each strategy is a list of boundary kinds, coarsest first; a unit too long for the chunk is
+# split with the next kind. ``_fixed_units`` always fits, so it ends every list.
+_LEVELS: dict[str, tuple[Level, ...]] = {
+    "paragraph": (_paragraph_units, _sentence_units, _clause_units, _word_units, _fixed_units),
+    "sentence": (_sentence_units, _clause_units, _word_units, _fixed_units),
+    "word": (_word_units, _fixed_units),
+    "fixed": (_fixed_units,),
+}
+
+
+def _split(text: str, start: int, end: int, levels: tuple[Level, ...], size: int) -> list[Range]:
+    level, finer = levels[0], levels[1:]
+    pieces: list[Range] = []
+    current: Range | None = None
+    for unit_start, unit_end in level(text, start, end, size):
+        if unit_end - unit_start > size and finer:
+            if current is not None:
+                pieces.append(current)
+                current = None
+            pieces.extend(_split(text, unit_start, unit_end, finer, size))
+        elif current is not None and unit_end - current[0] <= size:
+            current = (current[0], unit_end)
+        else:
+            if current is not None:
+                pieces.append(current)
+            current = (unit_start, unit_end)
+    if current is not None:
+        pieces.append(current)
+    return pieces
+
+
+def split_spans(
+    text: str, strategy: str = DEFAULT_STRATEGY, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> list[TextSpan]:
+    """Split ``text`` per ``strategy`` into spans that keep their offsets into ``text``."""
+    if strategy not in _LEVELS:
+        raise ValueError(f"unknown streaming strategy {strategy!r}; expected one of {STRATEGIES}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    return [
+        TextSpan(start, end, text[start:end])
+        for start, end in _split(text, 0, len(text), _LEVELS[strategy], chunk_size)
+    ]
+
+
+def split_text(
+    text: str, strategy: str = DEFAULT_STRATEGY, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> list[str]:
+    """Like :func:`split_spans`, returning only the pieces of text."""
+    return [span.text for span in split_spans(text, strategy, chunk_size)]
+
+
+def sentence_spans(text: str) -> list[TextSpan]:
+    """Each sentence on its own, however long (for engines that speak sentence by sentence)."""
+    return [
+        TextSpan(start, end, text[start:end])
+        for start, end in _sentence_units(text, 0, len(text), len(text))
+    ]

@@ -1,0 +1,249 @@
+"""HTTP views of speech synthesis. Streaming ones are plain async views (DRF has no async
+views); each parses, calls one service and wraps the result."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
+from django.views.decorators.csrf import csrf_exempt
+
+from speech import selectors, streaming, system, voices
+from speech.services import live_job
+from speech.tts import VoiceSample
+from streams.auth import authenticate, require_writer
+from streams.errors import ApiError
+from streams.http import json_body
+from streams.runtime import runtime
+
+logger = logging.getLogger(__name__)
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def _error(exc: ApiError) -> JsonResponse:
+    return JsonResponse(exc.as_dict(), status=exc.status_code)
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Method check, ApiError -> JSON, and no unexpected exception leaves as an HTML 500."""
+
+    def decorate(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = _error(
+                    ApiError(
+                        "method_not_allowed",
+                        f"Use {' or '.join(methods)}.",
+                        status_code=405,
+                    )
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                if settings.PARLEY_REQUIRE_AUTH and request.method != "GET":
+                    # Synthesis costs CPU: with keys required, it is a write like POST /audio.
+                    authorization = request.headers.get("Authorization")
+                    require_writer(await runtime.run_db(authenticate, authorization))
+                return await view(request, *args, **kwargs)
+            except ApiError as exc:
+                return _error(exc)
+            except RequestDataTooBig:
+                return _error(
+                    ApiError("body_too_large", "The request body is too large.", status_code=413)
+                )
+            except Exception:
+                logger.exception("speech view %s failed", view.__name__)
+                return _error(
+                    ApiError("internal_error", "The server failed; see its log.", status_code=500)
+                )
+
+        return wrapper
+
+    return decorate
+
+
+def _form_body(request: HttpRequest) -> tuple[dict[str, Any], VoiceSample | None, bool]:
+    """Multipart (or urlencoded) fields, the optional voice_file, and whether the values are
+    form strings; a JSON body is accepted too."""
+    if request.content_type == "application/json":
+        return json_body(request), None, False
+    if request.content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(
+            "unsupported_media_type",
+            "Send multipart/form-data with the fields and an optional voice_file.",
+            field="Content-Type",
+            status_code=415,
+        )
+    try:
+        fields = {key: request.POST.get(key) for key in request.POST}
+        files = request.FILES
+    except MultiPartParserError as exc:
+        raise ApiError("malformed_multipart", f"The multipart body is invalid: {exc}.") from exc
+    if "voice_file" in fields:
+        raise ApiError(
+            "invalid_voice_file",
+            "voice_file must be a file part, not a text field.",
+            field="voice_file",
+        )
+    for name in files:
+        if name != "voice_file":
+            raise ApiError(
+                "unknown_field", f"Unknown file field {name!r}; send voice_file.", field=name
+            )
+    upload = files.get("voice_file")
+    sample = voices.voice_sample_from_upload(upload) if upload is not None else None
+    return fields, sample, True
+
+
+async def _speak(
+    request: HttpRequest,
+    fields: dict[str, Any],
+    *,
+    from_form: bool,
+    wav_stream: bool,
+    voice_sample: VoiceSample | None,
+    upload: bool = False,
+) -> HttpResponse:
+    speech = streaming.speech_request(
+        fields, from_form=from_form, wav_stream=wav_stream, upload=upload
+    )
+    opened = await streaming.open_speech(speech, endpoint=request.path, voice_sample=voice_sample)
+    body = streaming.sse_body(opened) if speech.sse else streaming.audio_body(opened)
+    response = StreamingHttpResponse(body)
+    for name, value in opened.headers().items():
+        response[name] = value
+    return response
+
+
+@api_view("POST")
+async def speech_view(request: HttpRequest) -> HttpResponse:
+    """POST /v1/audio/speech: OpenAI-compatible speech, streamed (audio or SSE)."""
+    return await _speak(
+        request, json_body(request), from_form=False, wav_stream=False, voice_sample=None
+    )
+
+
+@api_view("POST")
+async def speech_stream_view(request: HttpRequest) -> HttpResponse:
+    """POST /v1/audio/speech/stream: one continuous WAV."""
+    return await _speak(
+        request, json_body(request), from_form=False, wav_stream=True, voice_sample=None
+    )
+
+
+@api_view("POST")
+async def speech_upload_view(request: HttpRequest) -> HttpResponse:
+    """POST /v1/audio/speech/upload: like /v1/audio/speech, multipart with voice_file."""
+    fields, sample, from_form = _form_body(request)
+    return await _speak(
+        request, fields, from_form=from_form, wav_stream=False, voice_sample=sample, upload=True
+    )
+
+
+@api_view("POST")
+async def speech_stream_upload_view(request: HttpRequest) -> HttpResponse:
+    """POST /v1/audio/speech/stream/upload: continuous WAV, multipart with voice_file."""
+    fields, sample, from_form = _form_body(request)
+    return await _speak(
+        request, fields, from_form=from_form, wav_stream=True, voice_sample=sample, upload=True
+    )
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(
+            "invalid_job_id", f"{raw!r} is not a job id (a UUID).", field="job_id"
+        ) from None
+
+
+@api_view("GET")
+async def progress_view(request: HttpRequest) -> HttpResponse:
+    """GET /v1/status/progress: the most recent active job, in the seed's shape."""
+    return JsonResponse(await system.latest_progress())
+
+
+@api_view("GET")
+async def job_progress_view(request: HttpRequest, job_id: str) -> HttpResponse:
+    """GET /v1/status/progress/{job_id}: one job's progress (active or finished)."""
+    key = _job_id(job_id)
+    live = live_job(key)
+    if live is not None:
+        return JsonResponse(selectors.progress_of(live))
+    job = await runtime.run_db(selectors.job_by_id, key)
+    if job is None:
+        raise ApiError("job_not_found", f"No speech job {job_id}.", field="job_id", status_code=404)
+    return JsonResponse(selectors.progress_of(job))
+
+
+# --- health, memory, models -----------------------------------------------------------------
+
+
+@api_view("GET")
+async def health_view(request: HttpRequest) -> HttpResponse:
+    body = await system.health()
+    return JsonResponse(body, status=200 if body["status"] == "healthy" else 503)
+
+
+@api_view("GET", "POST")
+async def memory_view(request: HttpRequest) -> HttpResponse:
+    cleanup = request.GET.get("cleanup", "").lower() in {"1", "true", "yes"}
+    return JsonResponse(system.memory(cleanup=cleanup or request.method == "POST"))
+
+
+@api_view("GET")
+async def models_view(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(await system.models())
+
+
+@api_view("GET")
+async def model_view(request: HttpRequest, model: str) -> HttpResponse:
+    return JsonResponse(await system.model(model))
+
+
+# --- voices --------------------------------------------------------------------------------
+
+
+@api_view("GET", "POST")
+async def voices_view(request: HttpRequest) -> HttpResponse:
+    """GET: engine, OpenAI and stored voices; POST: store a voice (sample or preset)."""
+    if request.method == "GET":
+        return JsonResponse(await voices.voice_list(engine=request.GET.get("engine") or None))
+    fields, sample, from_form = _form_body(request)
+    voice = await voices.voice_create(fields=fields, sample=sample, from_form=from_form)
+    return JsonResponse(voice, status=201)
+
+
+@api_view("GET", "PATCH", "DELETE")
+async def voice_view(request: HttpRequest, name: str) -> HttpResponse:
+    if request.method == "GET":
+        return JsonResponse(await voices.voice_detail(name))
+    if request.method == "DELETE":
+        await voices.voice_delete(name=name)
+        return HttpResponse(status=204)
+    fields, sample, from_form = _form_body(request)
+    return JsonResponse(
+        await voices.voice_update(name=name, fields=fields, sample=sample, from_form=from_form)
+    )
+
+
+@api_view("GET")
+async def voice_download_view(request: HttpRequest, name: str) -> HttpResponse:
+    """The stored sample as uploaded, or a short WAV preview of a preset / engine voice."""
+    download = await voices.voice_download(name)
+    response = HttpResponse(download.content, content_type=download.content_type)
+    response["Content-Disposition"] = f'attachment; filename="{download.filename}"'
+    return response

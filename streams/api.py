@@ -1,0 +1,148 @@
+"""DRF views of the core: floor, room snapshot, streams. Thin: one service or selector each."""
+
+from __future__ import annotations
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from streams import selectors, services
+from streams.audio import wav_header
+from streams.auth import Speaker, resolve_speaker
+from streams.errors import ApiError
+from streams.models import Chunk, Stream
+from streams.serializers import (
+    ErrorSerializer,
+    FloorClaimSerializer,
+    StreamSerializer,
+    TurnSerializer,
+)
+
+
+def _principal(request: Request) -> Speaker | None:
+    return request.user if isinstance(request.user, Speaker) else None
+
+
+class FloorView(APIView):
+    @extend_schema(
+        request=FloorClaimSerializer,
+        responses={200: TurnSerializer, 201: TurnSerializer, 409: ErrorSerializer},
+        summary="Claim the room's floor",
+    )
+    def post(self, request: Request, room: str) -> Response:
+        services.validate_room_name(room)
+        body = FloorClaimSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        speaker = resolve_speaker(_principal(request), body.validated_data["speaker"], "agent")
+        services.validate_speaker(speaker)
+        turn, created = services.floor_claim(room_name=room, speaker=speaker)
+        return Response(
+            selectors.turn_as_dict(turn),
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("speaker", str, description="who gives the floor up"),
+            OpenApiParameter("force", bool, description="moderator: cut the holder off"),
+        ],
+        responses={200: TurnSerializer, 403: ErrorSerializer, 409: ErrorSerializer},
+        summary="Give the floor up, or cut the speaker off (?force=1)",
+    )
+    def delete(self, request: Request, room: str) -> Response:
+        services.validate_room_name(room)
+        force_param = request.query_params.get("force", "0").lower()
+        if force_param not in {"0", "1", "true", "false", ""}:
+            raise ApiError("invalid_force", "force must be 0 or 1.", field="force")
+        force = force_param in {"1", "true"}
+        principal = _principal(request)
+        if force and principal is not None and not principal.is_moderator:
+            raise ApiError(
+                "not_moderator",
+                "Only a moderator's key may force the floor.",
+                field="force",
+                status_code=403,
+            )
+        requested = request.query_params.get("speaker") or request.data.get("speaker")
+        speaker = resolve_speaker(principal, requested, "agent") if not force else requested
+        turn = services.floor_yield(room_name=room, speaker=speaker, force=force)
+        return Response(selectors.turn_as_dict(turn))
+
+
+class RoomView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The room's state snapshot")
+    def get(self, request: Request, room: str) -> Response:
+        services.validate_room_name(room)
+        return Response(selectors.room_snapshot(room))
+
+
+STREAM_STATUSES = {"streaming", "awaiting_gaps", "playing", "played", "interrupted"}
+
+
+class StreamListView(generics.ListAPIView):
+    serializer_class = StreamSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("room", str),
+            OpenApiParameter("speaker", str),
+            OpenApiParameter("status", str, enum=sorted(STREAM_STATUSES)),
+        ],
+        summary="Streams, newest first",
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        queryset = Stream.objects.select_related("room").order_by("-created_at", "-id")
+        params = self.request.query_params
+        if room := params.get("room"):
+            queryset = queryset.filter(room__name=services.validate_room_name(room))
+        if speaker := params.get("speaker"):
+            queryset = queryset.filter(speaker=speaker)
+        if stream_status := params.get("status"):
+            if stream_status not in STREAM_STATUSES:
+                raise ApiError(
+                    "invalid_status",
+                    f"status must be one of {', '.join(sorted(STREAM_STATUSES))}.",
+                    field="status",
+                )
+            queryset = queryset.filter(status=stream_status)
+        return queryset
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response([selectors.stream_as_dict(s) for s in page])
+
+
+def _stream_or_404(stream_id: str) -> Stream:
+    stream = Stream.objects.select_related("room").filter(stream_id=stream_id).first()
+    if stream is None:
+        raise ApiError("not_found", f"No stream {stream_id!r}.", field="stream_id", status_code=404)
+    return stream
+
+
+class StreamDetailView(APIView):
+    @extend_schema(responses={200: StreamSerializer, 404: ErrorSerializer})
+    def get(self, request: Request, stream_id: str) -> Response:
+        return Response(selectors.stream_as_dict(_stream_or_404(stream_id)))
+
+
+class StreamAudioView(APIView):
+    @extend_schema(
+        responses={(200, "audio/wav"): OpenApiTypes.BINARY, 404: ErrorSerializer},
+        summary="The audio received so far, as a WAV file",
+    )
+    def get(self, request: Request, stream_id: str) -> HttpResponse:
+        stream = _stream_or_404(stream_id)
+        pieces = Chunk.objects.filter(stream=stream).order_by("seq").values_list("data", flat=True)
+        audio = b"".join(bytes(piece) for piece in pieces)
+        response = HttpResponse(
+            wav_header(stream.pcm_format, len(audio)) + audio, content_type="audio/wav"
+        )
+        response["Content-Disposition"] = f'inline; filename="{stream.stream_id}.wav"'
+        return response

@@ -1,0 +1,143 @@
+"""The two hot or long-waiting endpoints, as async views (DRF has no async views).
+
+POST /audio is the ingest path: parsing stays on the loop, the one transaction runs on the
+runtime's database executor. The events long-poll waits on the channel layer, not a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.exceptions import ValidationError
+
+from streams import selectors, services
+from streams.auth import authenticate, require_writer, resolve_speaker
+from streams.errors import ApiError, validation_error_body
+from streams.events import room_group
+from streams.http import error_response, json_object, method_not_allowed
+from streams.models import Room
+from streams.runtime import runtime
+from streams.serializers import chunk_from_request
+
+EVENT_TYPES = {"state", "audio_chunk", "speech", "playback_done", "input", "turn"}
+
+
+def _parse_chunk(request: HttpRequest) -> tuple[dict[str, Any], bytes | None]:
+    content_type = request.content_type or ""
+    try:
+        body = request.body
+    except RequestDataTooBig as exc:
+        raise ApiError(
+            "chunk_too_large", "The request body is too large.", field="data", status_code=413
+        ) from exc
+    if content_type == "application/octet-stream":
+        return request.GET.dict(), body
+    if content_type not in ("application/json", ""):
+        raise ApiError(
+            "unsupported_media_type",
+            "Send JSON (application/json) or raw PCM (application/octet-stream).",
+            field="Content-Type",
+            status_code=415,
+        )
+    return json_object(body), None
+
+
+@csrf_exempt
+async def audio_view(request: HttpRequest) -> JsonResponse:
+    """POST /audio: one chunk of a stream (JSON with base64 `data`, or a raw PCM body)."""
+    if request.method != "POST":
+        return method_not_allowed("POST")
+    try:
+        values, raw = _parse_chunk(request)
+        authorization = request.headers.get("Authorization")
+        principal = await runtime.run_db(authenticate, authorization) if authorization else None
+        require_writer(principal)
+        speaker = resolve_speaker(principal, values.get("speaker"), "agent")
+        chunk = chunk_from_request(values, raw_data=raw, speaker=speaker)
+        result = await runtime.run_db(services.chunk_ingest, chunk)
+    except ApiError as exc:
+        return error_response(exc)
+    except ValidationError as exc:
+        return JsonResponse(validation_error_body(exc.detail), status=400)
+    return JsonResponse(result)
+
+
+def _poll_params(request: HttpRequest) -> tuple[int, list[str] | None, float]:
+    try:
+        after = int(request.GET.get("after", "0"))
+        if after < 0:
+            raise ValueError
+    except ValueError as exc:
+        raise ApiError(
+            "invalid_after", "after must be a non-negative integer.", field="after"
+        ) from exc
+    types = None
+    if raw_types := request.GET.get("types"):
+        types = [t.strip() for t in raw_types.split(",") if t.strip()]
+        unknown = sorted(set(types) - EVENT_TYPES)
+        if unknown:
+            raise ApiError(
+                "invalid_types",
+                f"Unknown event type(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(EVENT_TYPES))}.",
+                field="types",
+            )
+    limit = settings.PARLEY_LONGPOLL_MAX_S
+    try:
+        wait = float(request.GET.get("wait", "0"))
+        if not 0 <= wait <= limit:
+            raise ValueError
+    except ValueError as exc:
+        raise ApiError(
+            "invalid_wait", f"wait must be a number of seconds from 0 to {limit:g}.", field="wait"
+        ) from exc
+    return after, types, wait
+
+
+def _poll_once(room_name: str, after: int, types: list[str] | None) -> tuple[list, int]:
+    room = Room.objects.filter(name=room_name).first()
+    if room is None:
+        return [], after
+    # Read the high-water mark first: everything up to it is committed and examined.
+    last_id = room.last_event_id
+    events = selectors.events_after(room, after=after, types=types, up_to=last_id)
+    if events and len(events) == selectors.EVENT_PAGE:
+        last_id = events[-1]["id"]
+    return events, max(last_id, after)
+
+
+async def room_events_view(request: HttpRequest, room: str) -> JsonResponse:
+    """GET /api/rooms/{room}/events: the event log over HTTP, long-polling up to `wait`."""
+    if request.method != "GET":
+        return method_not_allowed("GET")
+    try:
+        services.validate_room_name(room)
+        after, types, wait = _poll_params(request)
+    except ApiError as exc:
+        return error_response(exc)
+    events, last_id = await runtime.run_db(_poll_once, room, after, types)
+    if events or wait <= 0:
+        return JsonResponse({"events": events, "last_id": last_id})
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(room_group(room), channel)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    try:
+        # Re-read after subscribing, so an event committed in between is not missed.
+        events, last_id = await runtime.run_db(_poll_once, room, after, types)
+        while not events and (remaining := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(layer.receive(channel), remaining)
+            except TimeoutError:
+                break
+            events, last_id = await runtime.run_db(_poll_once, room, after, types)
+    finally:
+        await layer.group_discard(room_group(room), channel)
+    return JsonResponse({"events": events, "last_id": last_id})

@@ -1,0 +1,231 @@
+"""The per-process runtime: ordered broadcasts, release timers and the sweeper.
+
+Daphne has no ASGI lifespan, so `ensure_started()` runs on the first ASGI call and binds
+the runtime to that event loop. Timers fire on the loop; their database work runs on a
+dedicated executor so it never queues behind slow sync views on asgiref's shared thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from datetime import datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _db_call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        # Returns pooled PostgreSQL connections; keeps SQLite's per-thread one.
+        close_old_connections()
+
+
+CLOCK_PRIORITY = 0
+DEFAULT_PRIORITY = 1
+
+
+class PriorityExecutor(Executor):
+    """One worker thread whose queue serves clock jobs (releases) before queued requests."""
+
+    def __init__(self, *, name: str) -> None:
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, priority: int = DEFAULT_PRIORITY, **kwargs: Any
+    ) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((priority, next(self._order), future, partial(fn, *args, **kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, call = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._executor: Executor | None = None
+        self._clock_executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        # Channel names of spectator sockets served by this process (for the heartbeat).
+        self.local_spectators: set[str] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def ensure_started(self, *, sweeper: bool | None = None) -> None:
+        """Bind to the running loop (once per loop) and start the publisher and sweeper."""
+        loop = asyncio.get_running_loop()
+        if self.loop is loop:
+            return
+        self.loop = loop
+        self._queue = asyncio.Queue()
+        self._timers = {}
+        self._tasks = [loop.create_task(self._publisher(), name="parley-publisher")]
+        if settings.PARLEY_SCHEDULER if sweeper is None else sweeper:
+            self._tasks.append(loop.create_task(self._sweeper(), name="parley-sweeper"))
+
+    def _usable_loop(self) -> asyncio.AbstractEventLoop | None:
+        loop = self.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return None
+        return loop
+
+    @property
+    def executor(self) -> Executor:
+        with self._lock:
+            if self._executor is None:
+                if connection.vendor == "sqlite":
+                    # SQLite has one writer: one thread queues writes instead of letting them
+                    # collide on the file lock and back off for milliseconds.
+                    self._executor = PriorityExecutor(name="parley-db")
+                else:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=settings.PARLEY_DB_THREADS, thread_name_prefix="parley-db"
+                    )
+            return self._executor
+
+    @property
+    def clock_executor(self) -> Executor:
+        """Threads for timer and sweeper work, so a release never queues behind ingest.
+
+        SQLite keeps its single writer thread, where clock jobs jump the queue instead.
+        """
+        if connection.vendor == "sqlite":
+            return self.executor
+        with self._lock:
+            if self._clock_executor is None:
+                self._clock_executor = ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix="parley-clock"
+                )
+            return self._clock_executor
+
+    async def run_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking ORM work off the loop, on the runtime's database executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, partial(_db_call, fn, args, kwargs))
+
+    async def run_clock_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like run_db, for timers and the sweeper: ahead of queued ingest work."""
+        call = partial(_db_call, fn, args, kwargs)
+        executor = self.clock_executor
+        if isinstance(executor, PriorityExecutor):
+            return await asyncio.wrap_future(executor.submit(call, priority=CLOCK_PRIORITY))
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    # --- broadcasting --------------------------------------------------------------------
+
+    def publish(self, group: str, message: dict[str, Any]) -> None:
+        """Send after commit, in commit order. Safe from any thread."""
+        loop = self._usable_loop()
+        if loop is None:
+            # No server loop in this process (a management command, a sync test).
+            async_to_sync(get_channel_layer().group_send)(group, message)
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._queue.put_nowait((group, message))
+        else:
+            loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
+
+    async def _publisher(self) -> None:
+        layer = get_channel_layer()
+        queue = self._queue
+        while True:
+            group, message = await queue.get()
+            try:
+                await layer.group_send(group, message)
+            except Exception:
+                logger.exception("broadcast to %s failed", group)
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def arm(self, kind: str, key: str, when: datetime) -> None:
+        """Run the `kind` job for `key` at `when` on this process's loop. Safe from any thread."""
+        loop = self._usable_loop()
+        if loop is None:
+            return  # no loop here: the sweeper of a server process will do it
+        loop.call_soon_threadsafe(self._arm, kind, key, when)
+
+    def _arm(self, kind: str, key: str, when: datetime) -> None:
+        if (kind, key) in self._timers:
+            return
+        delay = max(0.0, (when - timezone.now()).total_seconds())
+        self._timers[(kind, key)] = self.loop.call_later(delay, self._fire, kind, key, when)
+
+    def _fire(self, kind: str, key: str, when: datetime) -> None:
+        self.loop.create_task(self._run_job(kind, key, when))
+
+    async def _run_job(self, kind: str, key: str, when: datetime) -> None:
+        from streams.scheduler import JOBS
+
+        try:
+            early = (when - timezone.now()).total_seconds()
+            if early > 0:
+                # Loop clocks round; never act before the moment the server promised.
+                await asyncio.sleep(early)
+            await self.run_clock_db(JOBS[kind], key)
+        except Exception:
+            logger.exception("%s job for %s failed", kind, key)
+        finally:
+            self._timers.pop((kind, key), None)
+
+    async def _sweeper(self) -> None:
+        from streams.scheduler import presence_touch, sweep_once
+
+        interval = settings.PARLEY_SWEEP_INTERVAL_S
+        while True:
+            try:
+                upcoming = await self.run_clock_db(sweep_once, horizon_s=interval * 2)
+                for kind, key, when in upcoming:
+                    self._arm(kind, key, when)
+                await self.run_clock_db(presence_touch, list(self.local_spectators))
+            except Exception:
+                logger.exception("sweep failed")
+            await asyncio.sleep(interval)
+
+
+runtime = Runtime()
+
+
+def run_scheduler_forever(*, interval_s: float | None = None) -> None:
+    """`manage.py run_scheduler`: a process that only sweeps and fires timers."""
+
+    async def main() -> None:
+        runtime.ensure_started(sweeper=True)
+        await asyncio.Event().wait()
+
+    if interval_s is not None:
+        settings.PARLEY_SWEEP_INTERVAL_S = interval_s
+    asyncio.run(main())

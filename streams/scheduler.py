@@ -1,0 +1,80 @@
+"""The sweeper: finds clock-driven work that is due (or soon due) in the database.
+
+Every web process runs it, and so does `manage.py run_scheduler`; the services it calls are
+idempotent conditional updates, so any number of sweepers and timers can race safely.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from streams import services
+from streams.models import SpectatorPresence, Stream, StreamStatus, Turn, TurnStatus
+
+logger = logging.getLogger(__name__)
+
+Due = tuple[str, str, datetime]
+
+
+def sweep_once(*, horizon_s: float = 0.0) -> list[Due]:
+    """Do overdue work now; return work due within `horizon_s` so the caller can arm timers."""
+    now = timezone.now()
+    try:
+        for turn_id in Turn.objects.filter(
+            status=TurnStatus.FINALIZED, release_at__lte=now
+        ).values_list("id", flat=True):
+            services.turn_release(turn_id=turn_id, skip_locked=True)
+        for turn_id in Turn.objects.filter(
+            status=TurnStatus.CLAIMED, lease_expires_at__lte=now
+        ).values_list("id", flat=True):
+            services.turn_expire(turn_id=turn_id)
+        for stream_id in Stream.objects.filter(
+            status=StreamStatus.AWAITING_GAPS, gap_deadline__lte=now
+        ).values_list("stream_id", flat=True):
+            services.stream_finalize_after_gap(stream_id=stream_id)
+        stale = now - timedelta(seconds=settings.PARLEY_SPECTATOR_STALE_S)
+        SpectatorPresence.objects.filter(seen_at__lt=stale).delete()
+        if horizon_s <= 0:
+            return []
+        soon = now + timedelta(seconds=horizon_s)
+        upcoming: list[Due] = [
+            ("release", str(turn_id), when)
+            for turn_id, when in Turn.objects.filter(
+                status=TurnStatus.FINALIZED, release_at__gt=now, release_at__lte=soon
+            ).values_list("id", "release_at")
+        ]
+        upcoming += [
+            ("expire", str(turn_id), when)
+            for turn_id, when in Turn.objects.filter(
+                status=TurnStatus.CLAIMED, lease_expires_at__gt=now, lease_expires_at__lte=soon
+            ).values_list("id", "lease_expires_at")
+        ]
+        upcoming += [
+            ("gap", stream_id, when)
+            for stream_id, when in Stream.objects.filter(
+                status=StreamStatus.AWAITING_GAPS, gap_deadline__gt=now, gap_deadline__lte=soon
+            ).values_list("stream_id", "gap_deadline")
+        ]
+        return upcoming
+    finally:
+        close_old_connections()
+
+
+def presence_touch(channel_names: list[str]) -> None:
+    """Heartbeat for this process's spectator sockets, so crashed workers' ones age out."""
+    if channel_names:
+        SpectatorPresence.objects.filter(channel_name__in=channel_names).update(
+            seen_at=timezone.now()
+        )
+
+
+JOBS = {
+    "release": lambda key: services.turn_release(turn_id=key),
+    "expire": lambda key: services.turn_expire(turn_id=key),
+    "gap": lambda key: services.stream_finalize_after_gap(stream_id=key),
+}

@@ -1,0 +1,200 @@
+"""Reads: room snapshots, stream details, the event log. No writes here."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from streams.audio import heard_seconds
+from streams.events import hydrate, iso
+from streams.models import (
+    ACTIVE_TURN_STATUSES,
+    Chunk,
+    Room,
+    RoomEvent,
+    SpectatorPresence,
+    Stream,
+    StreamStatus,
+    Turn,
+)
+
+
+def active_turn(room: Room) -> Turn | None:
+    return room.turns.filter(status__in=ACTIVE_TURN_STATUSES).first()
+
+
+def turn_as_dict(turn: Turn) -> dict[str, Any]:
+    return {
+        "turn_id": str(turn.id),
+        "speaker": turn.speaker,
+        "status": turn.status,
+        "reason": turn.reason,
+        "claimed_at": iso(turn.claimed_at),
+        "lease_expires_at": iso(turn.lease_expires_at),
+        "expected_release_at": iso(turn.release_at),
+    }
+
+
+def stream_heard_ms(stream: Stream, now: datetime | None = None) -> int:
+    """Milliseconds a listener has heard by `now`, from each published chunk's playhead span."""
+    now = now or timezone.now()
+    fmt = stream.pcm_format
+    spans = [
+        (start.timestamp(), fmt.duration_s(size))
+        for start, size in Chunk.objects.filter(
+            stream=stream, play_start_at__isnull=False
+        ).values_list("play_start_at", "size")
+    ]
+    return round(heard_seconds(spans, now.timestamp()) * 1000)
+
+
+def stream_duration_ms(stream: Stream) -> int:
+    return round(stream.pcm_format.duration_s(stream.total_bytes) * 1000)
+
+
+def stream_missing_seqs(stream: Stream) -> list[int]:
+    if stream.missing_seqs:
+        return list(stream.missing_seqs)
+    highest = stream.final_seq
+    if highest is None:
+        highest = (
+            Chunk.objects.filter(stream=stream)
+            .order_by("-seq")
+            .values_list("seq", flat=True)
+            .first()
+        )
+    if highest is None:
+        return []
+    present = set(Chunk.objects.filter(stream=stream).values_list("seq", flat=True))
+    return [seq for seq in range(highest + 1) if seq not in present]
+
+
+def stream_as_dict(stream: Stream) -> dict[str, Any]:
+    return {
+        "stream_id": stream.stream_id,
+        "kind": stream.kind,
+        "room": stream.room.name,
+        "speaker": stream.speaker,
+        "turn_id": str(stream.turn_id) if stream.turn_id else None,
+        "status": stream.status,
+        "sample_rate_hz": stream.sample_rate_hz,
+        "channels": stream.channels,
+        "bytes_per_sample": stream.bytes_per_sample,
+        "playback_speed": stream.playback_speed,
+        "bytes": stream.total_bytes,
+        "chunks": stream.chunk_count,
+        "duration_ms": stream_duration_ms(stream),
+        "missing_seqs": stream_missing_seqs(stream),
+        "playback_ends_at": iso(stream.playback_ends_at),
+        "heard_ms": stream.heard_ms,
+        "speech_text": stream.speech_text,
+        "created_at": iso(stream.created_at),
+        "finalized_at": iso(stream.finalized_at),
+        "ended_at": iso(stream.ended_at),
+    }
+
+
+def spectator_count(room: Room) -> int:
+    return SpectatorPresence.objects.filter(room=room).count()
+
+
+def room_state(room: Room) -> dict[str, Any]:
+    """The `state` event's body: who holds the floor, what is playing, who is watching."""
+    turn = active_turn(room)
+    stream_body = None
+    if turn is not None:
+        stream = (
+            Stream.objects.filter(turn=turn)
+            .exclude(status__in=[StreamStatus.PLAYED, StreamStatus.INTERRUPTED])
+            .first()
+        )
+        if stream is not None:
+            stream_body = {
+                "stream_id": stream.stream_id,
+                "speaker": stream.speaker,
+                "status": stream.status,
+                "sample_rate_hz": stream.sample_rate_hz,
+                "channels": stream.channels,
+                "bytes_per_sample": stream.bytes_per_sample,
+                "playback_speed": stream.playback_speed,
+                "bytes": stream.total_bytes,
+                "chunks": stream.chunk_count,
+                "duration_ms": stream_duration_ms(stream),
+                "playhead_ms": stream_heard_ms(stream),
+                "playback_ends_at": iso(stream.playback_ends_at),
+            }
+    return {
+        "speaker": turn.speaker if turn else None,
+        "turn": turn_as_dict(turn) if turn else None,
+        "stream": stream_body,
+        "spectators": spectator_count(room),
+        "last_event_id": room.last_event_id,
+    }
+
+
+def room_snapshot(room_name: str) -> dict[str, Any]:
+    """GET /api/rooms/{room}: the same shape as a `state` event."""
+    room = Room.objects.filter(name=room_name).first()
+    if room is None:
+        return {
+            "type": "state",
+            "id": 0,
+            "room": room_name,
+            "ts": iso(timezone.now()),
+            "speaker": None,
+            "turn": None,
+            "stream": None,
+            "spectators": 0,
+            "last_event_id": 0,
+        }
+    return {
+        "type": "state",
+        "id": room.last_event_id,
+        "room": room.name,
+        "ts": iso(timezone.now()),
+        **room_state(room),
+    }
+
+
+EVENT_PAGE = 500
+
+
+def events_after(
+    room: Room,
+    *,
+    after: int,
+    types: list[str] | None = None,
+    up_to: int | None = None,
+    limit: int = EVENT_PAGE,
+) -> list[dict[str, Any]]:
+    """Stored events with after < id (<= up_to), in order, audio bytes included."""
+    queryset = RoomEvent.objects.filter(room=room, seq__gt=after).select_related("chunk")
+    if up_to is not None:
+        queryset = queryset.filter(seq__lte=up_to)
+    if types:
+        queryset = queryset.filter(type__in=types)
+    return [hydrate(event, room.name) for event in queryset.order_by("seq")[:limit]]
+
+
+def active_stream_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
+    """A late joiner's catch-up: the audio published so far for the stream now playing."""
+    turn = active_turn(room)
+    if turn is None:
+        return []
+    stream = Stream.objects.filter(turn=turn).exclude(status=StreamStatus.INTERRUPTED).first()
+    if stream is None:
+        return []
+    events = (
+        RoomEvent.objects.filter(
+            room=room, type="audio_chunk", chunk__stream=stream, seq__lte=up_to
+        )
+        .select_related("chunk")
+        .order_by("seq")
+    )
+    return [hydrate(event, room.name) for event in events]
+
+
+def stale_presence_cutoff(stale_s: float) -> datetime:
+    return timezone.now() - timedelta(seconds=stale_s)

@@ -1,0 +1,145 @@
+"""Request and response shapes of the core API (validation and the OpenAPI schema)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from django.conf import settings
+from rest_framework import serializers
+
+from streams.audio import FormatError, PcmFormat
+from streams.errors import ApiError
+from streams.services import ChunkIn, validate_room_name, validate_speaker, validate_stream_id
+
+
+class AudioChunkSerializer(serializers.Serializer):
+    """POST /audio, field for field as the seed, plus optional room and speaker."""
+
+    stream_id = serializers.CharField(trim_whitespace=False, allow_blank=True)
+    seq = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    data = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        default="",
+        help_text="Base64 PCM. Empty only on the final chunk.",
+    )
+    done = serializers.BooleanField(required=False, default=False)
+    speech_text = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=20000
+    )
+    sample_rate_hz = serializers.IntegerField(required=False, default=24000)
+    channels = serializers.IntegerField(required=False, default=1)
+    bytes_per_sample = serializers.IntegerField(required=False, default=2)
+    playback_speed = serializers.FloatField(required=False, default=1.0)
+    room = serializers.CharField(required=False, default="default")
+    speaker = serializers.CharField(required=False, allow_null=True, default=None)
+
+
+class AudioAckSerializer(serializers.Serializer):
+    stream_id = serializers.CharField()
+    seq = serializers.IntegerField()
+    duplicate = serializers.BooleanField()
+    received_bytes = serializers.IntegerField()
+    received_chunks = serializers.IntegerField()
+    done = serializers.BooleanField()
+    status = serializers.CharField()
+    duration_ms = serializers.IntegerField(required=False)
+    playback_ends_at = serializers.DateTimeField(required=False, allow_null=True)
+    missing_seqs = serializers.ListField(child=serializers.IntegerField(), required=False)
+
+
+def chunk_from_request(values: dict, *, raw_data: bytes | None, speaker: str) -> ChunkIn:
+    """Validate one chunk (JSON or raw body) into a ChunkIn, or raise ApiError with the field."""
+    serializer = AudioChunkSerializer(data=values)
+    serializer.is_valid(raise_exception=True)
+    fields = serializer.validated_data
+    stream_id = validate_stream_id(fields["stream_id"])
+    room = validate_room_name(fields["room"])
+    validate_speaker(speaker)
+    try:
+        fmt = PcmFormat(
+            sample_rate_hz=fields["sample_rate_hz"],
+            channels=fields["channels"],
+            bytes_per_sample=fields["bytes_per_sample"],
+            playback_speed=fields["playback_speed"],
+        ).validate()
+    except FormatError as exc:
+        raise ApiError(f"invalid_{exc.field}", exc.detail, field=exc.field) from exc
+    if raw_data is None:
+        try:
+            data = base64.b64decode(fields["data"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ApiError("bad_base64", "data is not valid base64.", field="data") from exc
+    else:
+        data = raw_data
+    limit = settings.PARLEY_MAX_CHUNK_BYTES
+    if len(data) > limit:
+        raise ApiError(
+            "chunk_too_large",
+            f"A chunk may carry at most {limit} bytes of audio; this one has {len(data)}.",
+            field="data",
+            status_code=413,
+        )
+    if len(data) % fmt.frame_bytes:
+        raise ApiError(
+            "partial_frame",
+            f"data is {len(data)} bytes, not a whole number of {fmt.frame_bytes}-byte frames "
+            f"({fmt.channels} channel(s) x {fmt.bytes_per_sample} bytes).",
+            field="data",
+        )
+    if not data and not fields["done"]:
+        raise ApiError(
+            "empty_chunk", "data is empty; only the final chunk (done=true) may be.", field="data"
+        )
+    return ChunkIn(
+        room_name=room,
+        speaker=speaker,
+        stream_id=stream_id,
+        seq=fields["seq"],
+        data=data,
+        done=fields["done"],
+        speech_text=fields["speech_text"],
+        fmt=fmt,
+    )
+
+
+class FloorClaimSerializer(serializers.Serializer):
+    speaker = serializers.CharField(required=False, allow_null=True, default=None)
+
+
+class TurnSerializer(serializers.Serializer):
+    turn_id = serializers.CharField()
+    speaker = serializers.CharField()
+    status = serializers.CharField()
+    reason = serializers.CharField()
+    claimed_at = serializers.DateTimeField()
+    lease_expires_at = serializers.DateTimeField(allow_null=True)
+    expected_release_at = serializers.DateTimeField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    detail = serializers.CharField()
+    field = serializers.CharField(allow_null=True, required=False)
+
+
+class StreamSerializer(serializers.Serializer):
+    stream_id = serializers.CharField()
+    kind = serializers.CharField()
+    room = serializers.CharField()
+    speaker = serializers.CharField()
+    turn_id = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+    sample_rate_hz = serializers.IntegerField()
+    channels = serializers.IntegerField()
+    bytes_per_sample = serializers.IntegerField()
+    playback_speed = serializers.FloatField()
+    bytes = serializers.IntegerField()
+    chunks = serializers.IntegerField()
+    duration_ms = serializers.IntegerField()
+    missing_seqs = serializers.ListField(child=serializers.IntegerField())
+    playback_ends_at = serializers.DateTimeField(allow_null=True)
+    heard_ms = serializers.IntegerField(allow_null=True)
+    speech_text = serializers.CharField()

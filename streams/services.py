@@ -1,0 +1,775 @@
+"""Every write to rooms, turns and streams, with its events (DESIGN.md: outbox, release).
+
+Functions are keyword-only and named <entity>_<action>. Each runs in one transaction that
+locks the room row first, so writes to a room are serialized in a single order on every
+worker and the room's event ids are committed in the order they were allocated.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from streams.audio import PcmFormat, advance_playhead
+from streams.errors import ApiError, Conflict, FloorHeld
+from streams.events import (
+    EventBatch,
+    allocate_event_ids,
+    audio_message,
+    broadcast,
+    event_message,
+    iso,
+    room_group,
+)
+from streams.models import (
+    ACTIVE_TURN_STATUSES,
+    Chunk,
+    Room,
+    Stream,
+    StreamStatus,
+    Turn,
+    TurnStatus,
+    Utterance,
+)
+from streams.selectors import active_turn, room_state, stream_heard_ms
+
+ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
+SPEAKER_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+MAX_STREAM_ID_LENGTH = 128
+
+
+def validate_room_name(name: str) -> str:
+    if not isinstance(name, str) or not ROOM_NAME_RE.match(name):
+        raise ApiError(
+            "invalid_room",
+            "room must be 1-64 characters of letters, digits, '.', '_' or '-'.",
+            field="room",
+        )
+    return name
+
+
+def validate_speaker(name: Any) -> str:
+    if not isinstance(name, str) or not SPEAKER_RE.match(name):
+        raise ApiError(
+            "invalid_speaker",
+            "speaker must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-'.",
+            field="speaker",
+        )
+    return name
+
+
+def validate_stream_id(stream_id: Any) -> str:
+    if not isinstance(stream_id, str) or stream_id == "":
+        raise ApiError(
+            "invalid_stream_id", "stream_id must be a non-empty string.", field="stream_id"
+        )
+    if len(stream_id) > MAX_STREAM_ID_LENGTH:
+        raise ApiError(
+            "invalid_stream_id",
+            f"stream_id must be at most {MAX_STREAM_ID_LENGTH} characters.",
+            field="stream_id",
+        )
+    if not STREAM_ID_RE.match(stream_id):
+        raise ApiError(
+            "invalid_stream_id",
+            "stream_id may only contain letters, digits and '.', '_', ':', '-'.",
+            field="stream_id",
+        )
+    return stream_id
+
+
+def _lock_room(room_name: str) -> Room:
+    room = Room.objects.select_for_update().filter(name=room_name).first()
+    if room is not None:
+        return room
+    try:
+        with transaction.atomic():
+            Room.objects.create(name=room_name)
+    except IntegrityError:
+        pass  # another worker created it first
+    return Room.objects.select_for_update().get(name=room_name)
+
+
+def _after_commit_arm(kind: str, key: str, when: datetime) -> None:
+    from streams.runtime import runtime
+
+    transaction.on_commit(lambda: runtime.arm(kind, key, when))
+
+
+def _turn_event(batch: EventBatch, turn: Turn) -> None:
+    batch.add(
+        "turn",
+        {
+            "turn_id": str(turn.id),
+            "speaker": turn.speaker,
+            "status": turn.status,
+            "reason": turn.reason,
+        },
+    )
+
+
+def _claim(room: Room, speaker: str, batch: EventBatch, now: datetime) -> Turn:
+    lease = timedelta(seconds=settings.PARLEY_TURN_LEASE_S)
+    try:
+        with transaction.atomic():
+            turn = Turn.objects.create(
+                room=room,
+                speaker=speaker,
+                status=TurnStatus.CLAIMED,
+                reason="claimed",
+                claimed_at=now,
+                lease_expires_at=now + lease,
+            )
+    except IntegrityError as exc:
+        # The database's one-active-turn rule caught a claim the room lock did not.
+        holder = active_turn(room)
+        if holder is None:
+            raise
+        raise _floor_held(holder) from exc
+    _turn_event(batch, turn)
+    batch.add("state", room_state(room))
+    _after_commit_arm("expire", str(turn.id), turn.lease_expires_at)
+    return turn
+
+
+def _floor_held(turn: Turn) -> FloorHeld:
+    return FloorHeld(
+        holder=turn.speaker, turn_id=str(turn.id), expected_release_at=iso(turn.release_at)
+    )
+
+
+def floor_claim(*, room_name: str, speaker: str) -> tuple[Turn, bool]:
+    """Claim a room's floor. Returns (turn, created); the holder claiming again gets its turn."""
+    now = timezone.now()
+    with transaction.atomic():
+        room = _lock_room(room_name)
+        batch = EventBatch(room)
+        turn = active_turn(room)
+        if turn is not None:
+            if turn.speaker == speaker:
+                return turn, False
+            raise _floor_held(turn)
+        turn = _claim(room, speaker, batch, now)
+        batch.flush()
+        return turn, True
+
+
+def _interrupt_stream(stream: Stream, now: datetime) -> None:
+    stream.heard_ms = min(stream_heard_ms(stream, now), _duration_ms(stream))
+    stream.status = StreamStatus.INTERRUPTED
+    stream.ended_at = now
+    stream.save(update_fields=["heard_ms", "status", "ended_at"])
+    Utterance.objects.update_or_create(
+        stream=stream,
+        defaults={
+            "room_id": stream.room_id,
+            "speaker": stream.speaker,
+            "text": stream.speech_text,
+            "duration_ms": _duration_ms(stream),
+            "heard_ms": stream.heard_ms,
+        },
+    )
+
+
+def _live_stream(turn: Turn) -> Stream | None:
+    return (
+        Stream.objects.filter(turn=turn)
+        .exclude(status__in=[StreamStatus.PLAYED, StreamStatus.INTERRUPTED])
+        .first()
+    )
+
+
+def floor_yield(*, room_name: str, speaker: str | None, force: bool) -> Turn:
+    """The holder gives the floor up, or a moderator (force) cuts the speaker off."""
+    now = timezone.now()
+    with transaction.atomic():
+        room = _lock_room(room_name)
+        turn = active_turn(room)
+        if turn is None:
+            raise Conflict("floor_free", f"Nobody holds the floor of room {room_name!r}.")
+        if not force and turn.speaker != speaker:
+            raise ApiError(
+                "not_holder",
+                f"The floor is held by {turn.speaker!r}, not {speaker!r}; "
+                "a moderator can cut it with ?force=1.",
+                field="speaker",
+                status_code=403,
+            )
+        stream = _live_stream(turn)
+        batch = EventBatch(room)
+        if stream is not None:
+            _interrupt_stream(stream, now)
+            turn.status = TurnStatus.INTERRUPTED
+            turn.reason = "forced" if force else "yielded"
+        else:
+            turn.status = TurnStatus.RELEASED
+            turn.reason = "forced" if force else "yielded"
+        turn.ended_at = now
+        turn.save(update_fields=["status", "reason", "ended_at"])
+        _turn_event(batch, turn)
+        batch.add("state", room_state(room))
+        batch.flush()
+        return turn
+
+
+def _duration_ms(stream: Stream) -> int:
+    return round(stream.pcm_format.duration_s(stream.total_bytes) * 1000)
+
+
+@dataclass(frozen=True)
+class ChunkIn:
+    room_name: str
+    speaker: str
+    stream_id: str
+    seq: int
+    data: bytes
+    done: bool
+    speech_text: str
+    fmt: PcmFormat
+
+
+FORMAT_FIELDS = ("sample_rate_hz", "channels", "bytes_per_sample", "playback_speed")
+
+
+def _check_same_stream(stream: Stream, room: Room, chunk: ChunkIn) -> None:
+    if stream.room_id != room.pk or stream.speaker != chunk.speaker:
+        raise Conflict(
+            "stream_id_conflict",
+            f"stream_id {chunk.stream_id!r} belongs to speaker {stream.speaker!r} in room "
+            f"{stream.room.name!r}; use a new stream_id.",
+            field="stream_id",
+        )
+    for name in FORMAT_FIELDS:
+        before, now = getattr(stream, name), getattr(chunk.fmt, name)
+        if before != now:
+            raise ApiError(
+                "format_changed",
+                f"{name} changed mid-stream from {before} to {now}; a stream has one format.",
+                field=name,
+            )
+
+
+def _turn_for_new_stream(room: Room, speaker: str, batch: EventBatch, now: datetime) -> Turn:
+    turn = active_turn(room)
+    if turn is None:
+        return _claim(room, speaker, batch, now)
+    if turn.speaker != speaker:
+        raise _floor_held(turn)
+    if turn.status != TurnStatus.CLAIMED or Stream.objects.filter(turn=turn).exists():
+        raise Conflict(
+            "floor_busy",
+            f"Speaker {speaker!r} is still playing a stream in this turn; start the next "
+            "stream after it is released.",
+            field="stream_id",
+            holder=turn.speaker,
+            turn_id=str(turn.id),
+            expected_release_at=iso(turn.release_at),
+        )
+    return turn
+
+
+def chunk_publish(stream: Stream, chunk: Chunk, batch: EventBatch, now: datetime) -> None:
+    """Put a chunk on the listener's playhead and announce it, in seq order."""
+    fmt = stream.pcm_format
+    offset_ms = round(fmt.duration_s(stream.emitted_bytes) * 1000)
+    chunk.offset_bytes = stream.emitted_bytes
+    if chunk.size:
+        playhead = stream.playhead_at.timestamp() if stream.playhead_at else None
+        start, end = advance_playhead(playhead, now.timestamp(), fmt.duration_s(chunk.size))
+        chunk.play_start_at = datetime.fromtimestamp(start, tz=now.tzinfo)
+        stream.playhead_at = datetime.fromtimestamp(end, tz=now.tzinfo)
+        batch.add(
+            "audio_chunk",
+            {
+                "stream_id": stream.stream_id,
+                "seq": chunk.seq,
+                "speaker": stream.speaker,
+                "sample_rate_hz": stream.sample_rate_hz,
+                "channels": stream.channels,
+                "bytes_per_sample": stream.bytes_per_sample,
+                "playback_speed": stream.playback_speed,
+                "offset_ms": offset_ms,
+            },
+            chunk=chunk,
+            data=bytes(chunk.data),
+        )
+    stream.emitted_bytes += chunk.size
+    stream.next_emit_seq = chunk.seq + 1
+
+
+def _publish_buffered(stream: Stream, batch: EventBatch, now: datetime, *, skip_gaps: bool) -> None:
+    """Publish chunks that were waiting for a lower seq (or, at the gap timeout, all of them)."""
+    waiting = Chunk.objects.filter(
+        stream=stream, seq__gte=stream.next_emit_seq, offset_bytes__isnull=True
+    ).order_by("seq")
+    missing = list(stream.missing_seqs)
+    for chunk in waiting:
+        if chunk.seq != stream.next_emit_seq:
+            if not skip_gaps:
+                break
+            missing.extend(range(stream.next_emit_seq, chunk.seq))
+        chunk_publish(stream, chunk, batch, now)
+        chunk.save(update_fields=["offset_bytes", "play_start_at"])
+    if skip_gaps and stream.final_seq is not None and stream.next_emit_seq <= stream.final_seq:
+        missing.extend(range(stream.next_emit_seq, stream.final_seq + 1))
+    stream.missing_seqs = missing
+
+
+def _finalize(stream: Stream, room: Room, batch: EventBatch, now: datetime) -> None:
+    """The last chunk is in: fix the predicted end and hand the turn to the release clock."""
+    stream.status = StreamStatus.PLAYING
+    stream.finalized_at = now
+    stream.gap_deadline = None
+    stream.duration_ms = _duration_ms(stream)
+    has_audio = stream.emitted_bytes > 0 and stream.playhead_at is not None
+    release_at = stream.playhead_at if has_audio else now
+    stream.playback_ends_at = release_at
+    Utterance.objects.update_or_create(
+        stream=stream,
+        defaults={
+            "room": room,
+            "speaker": stream.speaker,
+            "text": stream.speech_text,
+            "duration_ms": stream.duration_ms,
+        },
+    )
+    turn_id = stream.turn_id
+    Turn.objects.filter(pk=turn_id, status=TurnStatus.CLAIMED).update(
+        status=TurnStatus.FINALIZED, finalized_at=now, release_at=release_at, reason="finalized"
+    )
+    stream.save()
+    if release_at <= now:
+        # No audio, or a slow producer whose audio already finished: release right here.
+        _release(room, turn_id, batch, now, stream)
+    else:
+        _after_commit_arm("release", str(turn_id), release_at)
+
+
+def _release(
+    room: Room, turn_id: Any, batch: EventBatch, now: datetime, stream: Stream | None = None
+) -> bool:
+    """Release a finalized turn exactly once: only the update that matches a row emits."""
+    matched = Turn.objects.filter(pk=turn_id, status=TurnStatus.FINALIZED).update(
+        status=TurnStatus.RELEASED, ended_at=now, reason="played"
+    )
+    if matched != 1:
+        return False
+    turn = Turn.objects.get(pk=turn_id)
+    if stream is None:
+        stream = Stream.objects.filter(turn=turn, status=StreamStatus.PLAYING).first()
+    if stream is not None:
+        stream.status = StreamStatus.PLAYED
+        stream.ended_at = now
+        stream.heard_ms = stream.duration_ms
+        stream.save(update_fields=["status", "ended_at", "heard_ms"])
+        Utterance.objects.filter(stream=stream).update(published_at=now, heard_ms=stream.heard_ms)
+        ids = {
+            "stream_id": stream.stream_id,
+            "speaker": stream.speaker,
+            "turn_id": str(turn.id),
+        }
+        batch.add(
+            "playback_done",
+            {**ids, "duration_ms": stream.duration_ms, "bytes": stream.total_bytes},
+        )
+        if stream.speech_text:
+            batch.add(
+                "speech",
+                {
+                    "stream_id": stream.stream_id,
+                    "speaker": stream.speaker,
+                    "text": stream.speech_text,
+                },
+            )
+        batch.add("input", {"name": "SpeechFinished", **ids})
+        batch.add("input", {"name": "AudioEnded", **ids})
+    _turn_event(batch, turn)
+    batch.add("state", room_state(room))
+    return True
+
+
+def chunk_ingest(chunk: ChunkIn) -> dict[str, Any]:
+    """POST /audio: store one chunk durably, publish what is now in order, maybe finalize."""
+    now = timezone.now()
+    with transaction.atomic():
+        acknowledged = _ingest_next_in_order(chunk, now)
+        if acknowledged is not None:
+            return acknowledged
+        room = _lock_room(chunk.room_name)
+        batch = EventBatch(room)
+        stream = Stream.objects.filter(stream_id=chunk.stream_id).select_related("turn").first()
+        if stream is not None:
+            _check_same_stream(stream, room, chunk)
+            # The next seq in order cannot be stored yet (it would have been published), so
+            # the common case skips the duplicate lookup.
+            existing = (
+                Chunk.objects.filter(stream=stream, seq=chunk.seq).first()
+                if chunk.seq != stream.next_emit_seq
+                else None
+            )
+            if existing is not None:
+                if bytes(existing.data) == chunk.data and existing_done_matches(stream, chunk):
+                    return _ack(stream, chunk.seq, duplicate=True)
+                raise Conflict(
+                    "chunk_conflict",
+                    f"seq {chunk.seq} of stream {chunk.stream_id!r} was already received with "
+                    "different content.",
+                    field="seq",
+                )
+            if not stream.is_open:
+                raise Conflict(
+                    "stream_finalized",
+                    f"Stream {chunk.stream_id!r} is {stream.status}; it takes no more chunks.",
+                    field="stream_id",
+                )
+            _check_seq_fits(stream, chunk)
+        if stream is None:
+            turn = _turn_for_new_stream(room, chunk.speaker, batch, now)
+            stream = Stream.objects.create(
+                stream_id=chunk.stream_id,
+                room=room,
+                turn=turn,
+                speaker=chunk.speaker,
+                sample_rate_hz=chunk.fmt.sample_rate_hz,
+                channels=chunk.fmt.channels,
+                bytes_per_sample=chunk.fmt.bytes_per_sample,
+                playback_speed=chunk.fmt.playback_speed,
+                first_arrival_at=now,
+            )
+        limit = settings.PARLEY_MAX_STREAM_BYTES
+        if stream.total_bytes + len(chunk.data) > limit:
+            raise ApiError(
+                "stream_too_large",
+                f"This chunk would take the stream past PARLEY_MAX_STREAM_BYTES ({limit} bytes).",
+                field="data",
+                status_code=413,
+            )
+        record = Chunk(
+            stream=stream, seq=chunk.seq, data=chunk.data, size=len(chunk.data), received_at=now
+        )
+        in_order = chunk.seq == stream.next_emit_seq
+        buffered_before = stream.chunk_count - stream.next_emit_seq
+        if in_order:
+            chunk_publish(stream, record, batch, now)
+        record.save(force_insert=True)
+        stream.total_bytes += record.size
+        stream.chunk_count += 1
+        if chunk.speech_text:
+            stream.speech_text = chunk.speech_text
+        if in_order and buffered_before > 0:
+            _publish_buffered(stream, batch, now, skip_gaps=False)
+        if chunk.done:
+            stream.final_seq = chunk.seq
+        if stream.status == StreamStatus.STREAMING and stream.final_seq is not None:
+            if stream.next_emit_seq > stream.final_seq:
+                _finalize(stream, room, batch, now)
+            else:
+                stream.status = StreamStatus.AWAITING_GAPS
+                stream.gap_deadline = now + timedelta(seconds=settings.PARLEY_GAP_TIMEOUT_S)
+                _after_commit_arm("gap", stream.stream_id, stream.gap_deadline)
+        elif (
+            stream.status == StreamStatus.AWAITING_GAPS and stream.next_emit_seq > stream.final_seq
+        ):
+            _finalize(stream, room, batch, now)
+        if stream.is_open:
+            _renew_lease(stream.turn, now)
+            stream.save(update_fields=STREAM_PROGRESS_FIELDS)
+        batch.flush()
+        return _ack(stream, chunk.seq, duplicate=False)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands raw queries naive UTC datetimes; PostgreSQL aware ones.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | None:
+    """The hot path in plain SQL: the next in-order, non-final chunk of an open stream.
+
+    Same statements and effects as the general path below (room lock, chunk, stream
+    progress, lease, one audio_chunk event), without the ORM's per-query overhead, which
+    was most of the ingest cost (docs/benchmarks.md). Returns None for anything else (a new
+    stream, a final or out-of-order chunk, a retry, a format change, a limit), which the
+    general path then handles and answers in full.
+    """
+    if chunk.done or chunk.speech_text or not chunk.data:
+        return None
+    ops = connection.ops
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM streams_room WHERE name = %s" + lock, [chunk.room_name])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        room_id = row[0]
+        cursor.execute(
+            "SELECT s.id, s.room_id, s.speaker, s.status, s.sample_rate_hz, s.channels,"
+            " s.bytes_per_sample, s.playback_speed, s.total_bytes, s.chunk_count,"
+            " s.next_emit_seq, s.emitted_bytes, s.playhead_at, s.turn_id, t.status,"
+            " t.lease_expires_at FROM streams_stream s"
+            " LEFT JOIN streams_turn t ON t.id = s.turn_id WHERE s.stream_id = %s",
+            [chunk.stream_id],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        (stream_pk, stream_room, speaker, status, rate, channels, width, speed, total, count,
+         next_seq, emitted, playhead, turn_id, turn_status, lease) = row  # fmt: skip
+        fmt = chunk.fmt
+        size = len(chunk.data)
+        if (
+            stream_room != room_id
+            or speaker != chunk.speaker
+            or status != StreamStatus.STREAMING
+            or chunk.seq != next_seq
+            or count != next_seq  # chunks are waiting for a gap to fill
+            or (rate, channels, width, speed)
+            != (fmt.sample_rate_hz, fmt.channels, fmt.bytes_per_sample, fmt.playback_speed)
+            or total + size > settings.PARLEY_MAX_STREAM_BYTES
+        ):
+            return None
+        previous = _aware(playhead).timestamp() if playhead else None
+        start, end = advance_playhead(previous, now.timestamp(), fmt.duration_s(size))
+        play_start = datetime.fromtimestamp(start, tz=UTC)
+        cursor.execute(
+            "INSERT INTO streams_chunk"
+            " (stream_id, seq, data, size, received_at, offset_bytes, play_start_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            [
+                stream_pk,
+                chunk.seq,
+                chunk.data,
+                size,
+                ops.adapt_datetimefield_value(now),
+                emitted,
+                ops.adapt_datetimefield_value(play_start),
+            ],
+        )
+        chunk_pk = cursor.fetchone()[0]
+        cursor.execute(
+            "UPDATE streams_stream SET total_bytes = %s, chunk_count = %s, next_emit_seq = %s,"
+            " emitted_bytes = %s, playhead_at = %s WHERE id = %s",
+            [
+                total + size,
+                count + 1,
+                next_seq + 1,
+                emitted + size,
+                ops.adapt_datetimefield_value(datetime.fromtimestamp(end, tz=UTC)),
+                stream_pk,
+            ],
+        )
+        lease_end = now + timedelta(seconds=settings.PARLEY_TURN_LEASE_S)
+        if turn_status == TurnStatus.CLAIMED and (
+            lease is None or lease_end - _aware(lease) >= LEASE_RENEWAL_STEP
+        ):
+            cursor.execute(
+                "UPDATE streams_turn SET lease_expires_at = %s WHERE id = %s AND status = %s",
+                [ops.adapt_datetimefield_value(lease_end), turn_id, TurnStatus.CLAIMED.value],
+            )
+        event_id = allocate_event_ids(room_id, 1)
+        payload = {
+            "stream_id": chunk.stream_id,
+            "seq": chunk.seq,
+            "speaker": speaker,
+            "sample_rate_hz": rate,
+            "channels": channels,
+            "bytes_per_sample": width,
+            "playback_speed": speed,
+            "offset_ms": round(fmt.duration_s(emitted) * 1000),
+        }
+        cursor.execute(
+            "INSERT INTO streams_roomevent (room_id, seq, type, payload, chunk_id, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [
+                room_id,
+                event_id,
+                "audio_chunk",
+                ops.adapt_json_value(payload, None),
+                chunk_pk,
+                ops.adapt_datetimefield_value(now),
+            ],
+        )
+    message = audio_message(
+        event_message(
+            seq=event_id,
+            room_name=chunk.room_name,
+            type="audio_chunk",
+            created_at=now,
+            payload=payload,
+        ),
+        chunk.data,
+    )
+    group = room_group(chunk.room_name)
+    transaction.on_commit(lambda: broadcast(group, [message]))
+    return {
+        "stream_id": chunk.stream_id,
+        "seq": chunk.seq,
+        "duplicate": False,
+        "received_bytes": total + size,
+        "received_chunks": count + 1,
+        "done": False,
+        "status": StreamStatus.STREAMING.value,
+    }
+
+
+# What chunk_ingest changes on an open stream; a narrow UPDATE on the hot path.
+STREAM_PROGRESS_FIELDS = [
+    "status",
+    "total_bytes",
+    "chunk_count",
+    "next_emit_seq",
+    "emitted_bytes",
+    "final_seq",
+    "speech_text",
+    "playhead_at",
+    "gap_deadline",
+    "missing_seqs",
+]
+LEASE_RENEWAL_STEP = timedelta(seconds=1)
+
+
+def _renew_lease(turn: Turn | None, now: datetime) -> None:
+    """Push the lease out, at most once a second: a write per chunk buys nothing."""
+    if turn is None or turn.status != TurnStatus.CLAIMED:
+        return
+    lease_end = now + timedelta(seconds=settings.PARLEY_TURN_LEASE_S)
+    if turn.lease_expires_at and lease_end - turn.lease_expires_at < LEASE_RENEWAL_STEP:
+        return
+    Turn.objects.filter(pk=turn.pk, status=TurnStatus.CLAIMED).update(lease_expires_at=lease_end)
+
+
+def existing_done_matches(stream: Stream, chunk: ChunkIn) -> bool:
+    """A retry must say the same thing about being final as the original did."""
+    if chunk.done:
+        return stream.final_seq == chunk.seq
+    return stream.final_seq != chunk.seq
+
+
+def _check_seq_fits(stream: Stream, chunk: ChunkIn) -> None:
+    if stream.final_seq is not None:
+        if chunk.done:
+            raise Conflict(
+                "already_done",
+                f"Stream {stream.stream_id!r} already ended at seq {stream.final_seq}.",
+                field="done",
+            )
+        if chunk.seq > stream.final_seq:
+            raise ApiError(
+                "seq_after_final",
+                f"seq {chunk.seq} is past the final seq {stream.final_seq} of this stream.",
+                field="seq",
+            )
+    elif chunk.done:
+        highest = (
+            Chunk.objects.filter(stream=stream).order_by("-seq").values_list("seq", flat=True)
+        ).first()
+        if highest is not None and highest > chunk.seq:
+            raise ApiError(
+                "seq_before_received",
+                f"The final chunk's seq {chunk.seq} is lower than seq {highest} already received.",
+                field="seq",
+            )
+
+
+def _ack(stream: Stream, seq: int, *, duplicate: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "stream_id": stream.stream_id,
+        "seq": seq,
+        "duplicate": duplicate,
+        "received_bytes": stream.total_bytes,
+        "received_chunks": stream.chunk_count,
+        "done": stream.final_seq is not None,
+        "status": stream.status,
+    }
+    if stream.final_seq is not None:
+        body["duration_ms"] = _duration_ms(stream)
+        body["playback_ends_at"] = iso(stream.playback_ends_at)
+        if stream.status == StreamStatus.AWAITING_GAPS:
+            present = set(stream.chunks.values_list("seq", flat=True))
+            body["missing_seqs"] = [s for s in range(stream.final_seq + 1) if s not in present]
+    return body
+
+
+# --- clock-driven transitions: called by timers and the sweeper, idempotent ----------------
+
+
+def turn_release(*, turn_id: Any, skip_locked: bool = False) -> bool:
+    """Release a finalized turn whose predicted end has come. True if this call released it.
+
+    Sweepers pass skip_locked: a room another worker is writing to is left to that worker or
+    to the next sweep, instead of queueing every sweeper behind it (PostgreSQL only).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        turn = Turn.objects.filter(pk=turn_id, status=TurnStatus.FINALIZED).first()
+        if turn is None or turn.release_at is None or turn.release_at > now:
+            return False
+        room = (
+            Room.objects.select_for_update(skip_locked=skip_locked).filter(pk=turn.room_id).first()
+        )
+        if room is None:
+            return False
+        batch = EventBatch(room)
+        released = _release(room, turn_id, batch, now)
+        batch.flush()
+        return released
+
+
+def turn_expire(*, turn_id: Any) -> bool:
+    """Expire a claim whose lease ran out without audio. True if this call expired it."""
+    now = timezone.now()
+    with transaction.atomic():
+        turn = Turn.objects.filter(pk=turn_id, status=TurnStatus.CLAIMED).first()
+        if turn is None or turn.lease_expires_at is None or turn.lease_expires_at > now:
+            return False
+        room = Room.objects.select_for_update().get(pk=turn.room_id)
+        matched = Turn.objects.filter(
+            pk=turn_id, status=TurnStatus.CLAIMED, lease_expires_at__lte=now
+        ).update(status=TurnStatus.EXPIRED, ended_at=now, reason="lease_expired")
+        if matched != 1:
+            return False
+        turn.refresh_from_db()
+        stream = _live_stream(turn)
+        if stream is not None:
+            _interrupt_stream(stream, now)
+        batch = EventBatch(room)
+        _turn_event(batch, turn)
+        batch.add("state", room_state(room))
+        batch.flush()
+        return True
+
+
+def stream_finalize_after_gap(*, stream_id: str) -> bool:
+    """The gap timeout passed: finalize with the chunks that arrived and record the gap."""
+    now = timezone.now()
+    with transaction.atomic():
+        stream = Stream.objects.filter(
+            stream_id=stream_id, status=StreamStatus.AWAITING_GAPS
+        ).first()
+        if stream is None or stream.gap_deadline is None or stream.gap_deadline > now:
+            return False
+        room = Room.objects.select_for_update().get(pk=stream.room_id)
+        stream.refresh_from_db()
+        if stream.status != StreamStatus.AWAITING_GAPS:
+            return False
+        batch = EventBatch(room)
+        _publish_buffered(stream, batch, now, skip_gaps=True)
+        _finalize(stream, room, batch, now)
+        batch.flush()
+        return True
+
+
+def turn_force_release(*, turn_id: Any) -> bool:
+    """Admin action: end an active turn now, as a moderator would."""
+    turn = Turn.objects.filter(pk=turn_id, status__in=ACTIVE_TURN_STATUSES).first()
+    if turn is None:
+        return False
+    floor_yield(room_name=turn.room.name, speaker=None, force=True)
+    return True

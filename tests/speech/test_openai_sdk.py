@@ -1,0 +1,274 @@
+"""/v1/audio/speech through the official openai SDK against a real daphne process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from tests.speech.audio import decoded_seconds, expected_seconds_range
+from tests.tts.test_openai_compat import Script
+
+TEXT = "The quick brown fox jumps over the lazy dog. Then it runs far away into the woods."
+FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+def speak(sdk: openai.OpenAI, **fields) -> tuple[bytes, httpx.Headers, list[int]]:
+    """The whole body, the headers, and the size of each piece as it arrived."""
+    fields = {"model": "tts-1", "voice": "alloy", "input": TEXT, **fields}
+    with sdk.audio.speech.with_streaming_response.create(**fields) as response:
+        pieces = [piece for piece in response.iter_bytes() if piece]
+        return b"".join(pieces), response.headers, [len(p) for p in pieces]
+
+
+@pytest.fixture(scope="module")
+def reference_seconds(daphne) -> float:
+    sdk = openai.OpenAI(base_url=f"{daphne.url}/v1", api_key="unused", max_retries=0)
+    body, _, _ = speak(sdk, response_format="pcm")
+    return len(body) / 2 / 24000
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_streams_and_decodes_to_a_plausible_duration(sdk, reference_seconds, fmt):
+    body, headers, pieces = speak(sdk, response_format=fmt)
+    low, high = expected_seconds_range(TEXT)
+    assert low < reference_seconds < high
+    seconds = decoded_seconds(body, fmt)
+    # Codecs pad a little (encoder delay, frame rounding); the speech itself is all there.
+    assert abs(seconds - reference_seconds) < 0.15, (fmt, seconds, reference_seconds)
+    assert headers["x-speech-job-id"]
+    expected_type = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac"}
+    assert headers["content-type"].startswith(expected_type.get(fmt, f"audio/{fmt}"))
+    assert "content-length" not in headers  # chunked: sent while synthesized
+    if fmt in ("pcm", "wav", "mp3", "flac"):
+        assert len(pieces) > 1  # arrived in several pieces, not as one blob
+
+
+def test_pcm_default_is_24khz_as_openai_documents(sdk, reference_seconds):
+    _, headers, _ = speak(sdk, response_format="pcm")
+    assert headers["x-sample-rate"] == "24000"
+
+
+def test_default_format_is_mp3(sdk):
+    body, headers, _ = speak(sdk)
+    assert headers["content-type"] == "audio/mpeg"
+    assert decoded_seconds(body, "mp3") > 1
+
+
+def test_wav_parses_with_python_wave_and_resamples(sdk, reference_seconds):
+    body, _, _ = speak(sdk, response_format="wav", extra_body={"sample_rate": 16000})
+    assert body[:4] == b"RIFF" and struct.unpack("<I", body[4:8])[0] == 0xFFFFFFFF
+    with wave.open(io.BytesIO(body)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
+        frames = wav.readframes(wav.getnframes())
+    assert abs(len(frames) / 2 / 16000 - reference_seconds) < 0.05
+
+
+def test_speed_changes_duration(sdk, reference_seconds):
+    body, headers, _ = speak(sdk, response_format="pcm", speed=2.0)
+    assert headers["x-speed-applied"] == "2"
+    assert len(body) / 2 / 24000 < reference_seconds * 0.65
+
+
+def parse_sse(body: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_sse_events_parse_in_order(sdk, reference_seconds):
+    with sdk.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=TEXT, extra_body={"stream_format": "sse"}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = response.read().decode()
+    events = parse_sse(body)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "speech.audio.info" and kinds[-1] == "speech.audio.done"
+    assert set(kinds[1:-1]) == {"speech.audio.delta"} and len(kinds) > 3
+    assert all(data["type"] == kind for kind, data in events)
+    info = events[0][1]
+    assert (info["channels"], info["bits_per_sample"]) == (1, 16)
+    pcm = b"".join(base64.b64decode(data["audio"]) for _, data in events[1:-1])
+    seconds = len(pcm) / 2 / info["sample_rate"]
+    assert abs(seconds - reference_seconds) < 0.05
+    usage = events[-1][1]["usage"]
+    assert usage["input_tokens"] == 19  # 17 words and 2 full stops
+    assert usage["output_tokens"] == -(-round(seconds * 1000) // 20)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+def test_sse_with_a_compressed_format_carries_that_format(sdk, reference_seconds):
+    with sdk.audio.speech.with_streaming_response.create(
+        model="tts-1",
+        voice="alloy",
+        input=TEXT,
+        response_format="mp3",
+        extra_body={"stream_format": "sse"},
+    ) as response:
+        events = parse_sse(response.read().decode())
+    assert events[0][1]["response_format"] == "mp3"
+    mp3 = b"".join(base64.b64decode(data["audio"]) for _, data in events[1:-1])
+    assert abs(decoded_seconds(mp3, "mp3") - reference_seconds) < 0.15
+
+
+def test_the_seed_stream_endpoint_is_one_continuous_wav(daphne, reference_seconds):
+    with httpx.stream(
+        "POST",
+        f"{daphne.url}/audio/speech/stream",  # the bare seed path, alias of /v1/
+        json={"input": TEXT, "streaming_strategy": "word", "streaming_chunk_size": 50},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "audio/wav"
+        body = response.read()
+    assert len(body) > 44 and body[36:40] == b"data"
+    assert struct.unpack("<I", body[40:44])[0] == 0xFFFFFFFF
+    with wave.open(io.BytesIO(body)) as wav:
+        assert wav.getframerate() == 22050
+        seconds = len(wav.readframes(wav.getnframes())) / 2 / 22050
+    # Cut at every few words, each piece ends with a pause: longer than the sentence cut.
+    assert seconds > reference_seconds
+
+
+def test_eight_simultaneous_requests_all_get_correct_audio(sdk):
+    texts = [f"Request number {n} says {' '.join(['hello'] * (n + 2))}." for n in range(8)]
+
+    def solo(text: str) -> float:
+        body, _, _ = speak(sdk, input=text, response_format="wav")
+        with wave.open(io.BytesIO(body)) as wav:
+            return len(wav.readframes(wav.getnframes())) / 2 / wav.getframerate()
+
+    alone = [solo(text) for text in texts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(solo, texts))
+    for a, b in zip(alone, together, strict=True):
+        assert abs(a - b) < 0.05
+    assert sorted(alone) == alone  # more words, longer audio: no request got another's
+
+
+def progress(daphne, job_id: str) -> dict:
+    return httpx.get(f"{daphne.url}/v1/status/progress/{job_id}").json()
+
+
+def wait_for_status(daphne, job_id: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = progress(daphne, job_id)
+        if not state["is_processing"] or time.monotonic() > deadline:
+            return state
+        time.sleep(0.02)
+
+
+def test_a_client_disconnect_cancels_the_job_and_stops_the_engine(daphne):
+    text = "This sentence keeps going on and on for a while. " * 80  # ~4000 characters
+    with httpx.stream(
+        "POST", f"{daphne.url}/v1/audio/speech", json={"input": text, "response_format": "pcm"}
+    ) as response:
+        job_id = response.headers["x-speech-job-id"]
+        next(response.iter_raw())
+    state = wait_for_status(daphne, job_id)
+    assert state["job_status"] == "cancelled"
+    assert state["current_chunk"] < state["total_chunks"]
+    full_bytes = len(text.split()) * 0.3 * 24000 * 2
+    assert state["audio_bytes"] < full_bytes / 2
+
+
+def test_disconnect_stops_an_upstream_engine_within_one_chunk(daphne, standin):
+    # The openai engine streaming from a slow server: 40 pieces, 50 ms apart.
+    standin.reset(Script(pieces=[b"\x01\x00" * 2400] * 40, delay=0.05))
+    with httpx.stream(
+        "POST",
+        f"{daphne.url}/v1/audio/speech",
+        json={"model": "openai", "input": "Slow upstream.", "response_format": "pcm"},
+    ) as response:
+        job_id = response.headers["x-speech-job-id"]
+        next(response.iter_raw())
+        written_at_close = standin.pieces_written
+    assert standin.disconnected.wait(2.0)
+    assert standin.pieces_written <= written_at_close + 2
+    assert wait_for_status(daphne, job_id)["job_status"] == "cancelled"
+
+
+def test_openai_engine_forwards_only_the_knobs_given(sdk, standin):
+    standin.reset(Script(pieces=[b"\x01\x00" * 2400] * 5, delay=0))
+    body, _, _ = speak(
+        sdk,
+        model="openai",
+        voice="shimmer",
+        response_format="pcm",
+        extra_body={"exaggeration": 1.2, "temperature": 0.3},
+    )
+    assert len(body) == 5 * 4800
+    sent = standin.requests[-1].json
+    assert sent["voice"] == "shimmer" and sent["input"] == TEXT
+    assert sent["exaggeration"] == 1.2 and sent["temperature"] == 0.3
+    assert "cfg_weight" not in sent and "streaming_chunk_size" not in sent
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "field"),
+    [
+        ({"input": ""}, 400, "input"),
+        ({"input": "   "}, 400, "input"),
+        ({"input": "x" * 4097}, 400, "input"),
+        ({"speed": 0.1}, 400, "speed"),
+        ({"speed": 4.5}, 400, "speed"),
+        ({"response_format": "ogg"}, 400, "response_format"),
+        ({"model": "tts-9"}, 400, "model"),
+        ({"voice": "no-such-voice"}, 400, "voice"),
+        ({"extra_body": {"stream_format": "video"}}, 400, "stream_format"),
+        ({"extra_body": {"sample_rate": 7999}}, 400, "sample_rate"),
+        ({"extra_body": {"sample_rate": "fast"}}, 400, "sample_rate"),
+        ({"extra_body": {"exaggeration": 2.5}}, 400, "exaggeration"),
+        ({"extra_body": {"cfg_weight": -0.1}}, 400, "cfg_weight"),
+        ({"extra_body": {"temperature": 0.01}}, 400, "temperature"),
+        ({"extra_body": {"streaming_chunk_size": 49}}, 400, "streaming_chunk_size"),
+        ({"extra_body": {"streaming_chunk_size": 100.5}}, 400, "streaming_chunk_size"),
+        ({"extra_body": {"streaming_strategy": "line"}}, 400, "streaming_strategy"),
+        ({"extra_body": {"streaming_buffer_size": 11}}, 400, "streaming_buffer_size"),
+        ({"extra_body": {"streaming_quality": "best"}}, 400, "streaming_quality"),
+        ({"extra_body": {"speed": True}}, 400, "speed"),
+        ({"extra_body": {"unknown_knob": 1}}, 400, "unknown_knob"),
+    ],
+)
+def test_every_bad_input_is_a_json_error_naming_the_field(sdk, fields, status, field):
+    request = {"model": "tts-1", "voice": "alloy", "input": TEXT, **fields}
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.audio.speech.create(**request)
+    response = caught.value.response
+    assert response.status_code == status
+    body = response.json()
+    assert body["field"] == field
+    assert body["error"] and body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "error"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400, "malformed_json"),
+        (b"[1, 2]", {"Content-Type": "application/json"}, 400, "malformed_json"),
+        (b"input=hi", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        (b'{"voice": "alloy"}', {"Content-Type": "application/json"}, 400, "missing_input"),
+    ],
+)
+def test_malformed_bodies_are_json_errors(daphne, content, headers, status, error):
+    response = httpx.post(f"{daphne.url}/v1/audio/speech", content=content, headers=headers)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+
+
+def test_wrong_method_is_a_json_405(daphne):
+    response = httpx.get(f"{daphne.url}/v1/audio/speech")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert response.headers["allow"] == "POST"
