@@ -34,6 +34,32 @@ def allocate_event_ids(room_id: int, count: int) -> int:
         return cursor.fetchone()[0]
 
 
+def insert_events(rows: list[tuple[int, int, str, dict[str, Any], int | None, datetime]]) -> None:
+    """Write event rows `(room_id, seq, type, payload, chunk_id, created_at)` in one statement.
+
+    Plain SQL: these inserts sit on the ingest and release paths, where the ORM's
+    bulk_create cost more than the database did (docs/benchmarks.md).
+    """
+    ops = connection.ops
+    params: list[Any] = []
+    for room_id, seq, type_, payload, chunk_id, created_at in rows:
+        params += [
+            room_id,
+            seq,
+            type_,
+            ops.adapt_json_value(payload, None),
+            chunk_id,
+            ops.adapt_datetimefield_value(created_at),
+        ]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO streams_roomevent (room_id, seq, type, payload, chunk_id, created_at)"
+            " VALUES " + values,
+            params,
+        )
+
+
 def event_message(
     *, seq: int, room_name: str, type: str, created_at: datetime, payload: dict[str, Any]
 ) -> dict[str, Any]:
@@ -77,23 +103,15 @@ class EventBatch:
             if type_ == "state":
                 # A stored snapshot names itself as the point to resume after.
                 payload = {**payload, "last_event_id": seq}
-            rows.append(
-                RoomEvent(
-                    room=self.room,
-                    seq=seq,
-                    type=type_,
-                    payload=payload,
-                    chunk=chunk,
-                    created_at=now,
-                )
-            )
+            chunk_id = chunk.pk if chunk is not None else None
+            rows.append((self.room.pk, seq, type_, payload, chunk_id, now))
             message = event_message(
                 seq=seq, room_name=self.room.name, type=type_, created_at=now, payload=payload
             )
             if data is not None:
                 message = audio_message(message, data)
             messages.append(message)
-        RoomEvent.objects.bulk_create(rows)
+        insert_events(rows)
         self._pending.clear()
         self.room.last_event_id = last
         self.messages.extend(messages)

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -67,11 +67,19 @@ class PriorityExecutor(Executor):
                 future.set_exception(exc)
 
 
+async def _sleep_until(moment: datetime) -> None:
+    # Loop clocks round: whoever acts at `moment` also re-checks it before acting.
+    delay = (moment - timezone.now()).total_seconds()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 class Runtime:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
-        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # (kind, key) -> (timer, is_backup)
+        self._timers: dict[tuple[str, str], tuple[asyncio.TimerHandle, bool]] = {}
         self._tasks: list[asyncio.Task] = []
         self._executor: Executor | None = None
         self._clock_executor: ThreadPoolExecutor | None = None
@@ -124,7 +132,7 @@ class Runtime:
         with self._lock:
             if self._clock_executor is None:
                 self._clock_executor = ThreadPoolExecutor(
-                    max_workers=2, thread_name_prefix="parley-clock"
+                    max_workers=settings.PARLEY_CLOCK_THREADS, thread_name_prefix="parley-clock"
                 )
             return self._clock_executor
 
@@ -178,23 +186,44 @@ class Runtime:
             return  # no loop here: the sweeper of a server process will do it
         loop.call_soon_threadsafe(self._arm, kind, key, when)
 
-    def _arm(self, kind: str, key: str, when: datetime) -> None:
-        if (kind, key) in self._timers:
-            return
-        delay = max(0.0, (when - timezone.now()).total_seconds())
-        self._timers[(kind, key)] = self.loop.call_later(delay, self._fire, kind, key, when)
+    def _arm(self, kind: str, key: str, when: datetime, *, backup: bool = False) -> None:
+        """Arm a timer; a backup (another process's work, seen by the sweeper) fires later.
 
-    def _fire(self, kind: str, key: str, when: datetime) -> None:
-        self.loop.create_task(self._run_job(kind, key, when))
+        The process that took the final chunk owns the release and fires on time. Sweepers
+        of the other processes only stand by, `PARLEY_RELEASE_BACKUP_S` later, in case that
+        process died: they do not race the owner for the room lock at the same instant.
+        """
+        current = self._timers.get((kind, key))
+        if current is not None:
+            if backup or not current[1]:
+                return
+            current[0].cancel()  # the owner arrives after the sweeper's backup: owner wins
+        fire_at = when
+        if backup:
+            fire_at += timedelta(seconds=settings.PARLEY_RELEASE_BACKUP_S)
+        elif kind == "release":
+            # Read the release's data ahead of the moment; only its writes are left for then.
+            fire_at -= timedelta(seconds=settings.PARLEY_RELEASE_PREPARE_S)
+        delay = max(0.0, (fire_at - timezone.now()).total_seconds())
+        handle = self.loop.call_later(delay, self._fire, kind, key, when, backup)
+        self._timers[(kind, key)] = (handle, backup)
 
-    async def _run_job(self, kind: str, key: str, when: datetime) -> None:
+    def _fire(self, kind: str, key: str, when: datetime, backup: bool) -> None:
+        self.loop.create_task(self._run_job(kind, key, when, backup))
+
+    async def _run_job(self, kind: str, key: str, when: datetime, backup: bool) -> None:
+        from streams import services
         from streams.scheduler import JOBS
 
         try:
-            early = (when - timezone.now()).total_seconds()
-            if early > 0:
-                # Loop clocks round; never act before the moment the server promised.
-                await asyncio.sleep(early)
+            if kind == "release" and not backup:
+                plan = await self.run_clock_db(services.release_prepare, turn_id=key)
+                if plan is None:
+                    return
+                await _sleep_until(plan.release_at)
+                await self.run_clock_db(services.release_commit, plan=plan)
+                return
+            await _sleep_until(when)
             await self.run_clock_db(JOBS[kind], key)
         except Exception:
             logger.exception("%s job for %s failed", kind, key)
@@ -209,7 +238,7 @@ class Runtime:
             try:
                 upcoming = await self.run_clock_db(sweep_once, horizon_s=interval * 2)
                 for kind, key, when in upcoming:
-                    self._arm(kind, key, when)
+                    self._arm(kind, key, when, backup=True)
                 await self.run_clock_db(presence_touch, list(self.local_spectators))
             except Exception:
                 logger.exception("sweep failed")

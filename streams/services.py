@@ -8,7 +8,9 @@ worker and the room's event ids are committed in the order they were allocated.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +26,7 @@ from streams.events import (
     audio_message,
     broadcast,
     event_message,
+    insert_events,
     iso,
     room_group,
 )
@@ -37,7 +40,7 @@ from streams.models import (
     TurnStatus,
     Utterance,
 )
-from streams.selectors import active_turn, room_state, stream_heard_ms
+from streams.selectors import active_turn, room_state, spectator_count, stream_heard_ms
 
 ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
@@ -347,51 +350,131 @@ def _finalize(stream: Stream, room: Room, batch: EventBatch, now: datetime) -> N
     stream.save()
     if release_at <= now:
         # No audio, or a slow producer whose audio already finished: release right here.
-        _release(room, turn_id, batch, now, stream)
+        # A stream's speaker is the holder of the turn it belongs to.
+        turn = Turn(pk=turn_id, room_id=room.pk, speaker=stream.speaker, release_at=release_at)
+        if _release(room, _plan_for(turn, stream, room), batch, now):
+            stream.status = StreamStatus.PLAYED
+            stream.ended_at = now
+            stream.heard_ms = stream.duration_ms
     else:
         _after_commit_arm("release", str(turn_id), release_at)
 
 
-def _release(
-    room: Room, turn_id: Any, batch: EventBatch, now: datetime, stream: Stream | None = None
-) -> bool:
-    """Release a finalized turn exactly once: only the update that matches a row emits."""
-    matched = Turn.objects.filter(pk=turn_id, status=TurnStatus.FINALIZED).update(
-        status=TurnStatus.RELEASED, ended_at=now, reason="played"
+@dataclass(frozen=True)
+class ReleasePlan:
+    """Everything a release writes and announces, read ahead of its moment.
+
+    The timer reads it a little before the predicted end (`release_prepare`), so at the
+    moment itself only the short write transaction is left (`release_commit`).
+    """
+
+    turn_id: str
+    speaker: str
+    room_id: int
+    room_name: str
+    release_at: datetime
+    spectators: int
+    stream_pk: int | None = None
+    stream_id: str = ""
+    stream_speaker: str = ""
+    duration_ms: int = 0
+    total_bytes: int = 0
+    speech_text: str = ""
+
+
+def _plan_for(turn: Turn, stream: Stream | None, room: Room) -> ReleasePlan:
+    plan = ReleasePlan(
+        turn_id=str(turn.pk),
+        speaker=turn.speaker,
+        room_id=room.pk,
+        room_name=room.name,
+        release_at=turn.release_at,
+        spectators=spectator_count(room),
     )
-    if matched != 1:
-        return False
-    turn = Turn.objects.get(pk=turn_id)
     if stream is None:
-        stream = Stream.objects.filter(turn=turn, status=StreamStatus.PLAYING).first()
-    if stream is not None:
-        stream.status = StreamStatus.PLAYED
-        stream.ended_at = now
-        stream.heard_ms = stream.duration_ms
-        stream.save(update_fields=["status", "ended_at", "heard_ms"])
-        Utterance.objects.filter(stream=stream).update(published_at=now, heard_ms=stream.heard_ms)
+        return plan
+    return replace(
+        plan,
+        stream_pk=stream.pk,
+        stream_id=stream.stream_id,
+        stream_speaker=stream.speaker,
+        duration_ms=stream.duration_ms,
+        total_bytes=stream.total_bytes,
+        speech_text=stream.speech_text,
+    )
+
+
+def _release(room: Room, plan: ReleasePlan, batch: EventBatch, now: datetime) -> bool:
+    """Release a finalized turn exactly once: only the update that matches a row emits.
+
+    The caller holds the room lock. Nothing is re-read: after a release the room has no
+    active turn (one per room), so the `state` that follows is known without a query.
+    """
+    ended_at = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        # Plain SQL: this is the transaction the release's lateness waits for.
+        cursor.execute(
+            "UPDATE streams_turn SET status = %s, ended_at = %s, reason = %s"
+            " WHERE id = %s AND status = %s",
+            [
+                TurnStatus.RELEASED.value,
+                ended_at,
+                "played",
+                Turn._meta.pk.get_db_prep_value(uuid.UUID(plan.turn_id), connection),
+                TurnStatus.FINALIZED.value,
+            ],
+        )
+        if cursor.rowcount != 1:
+            return False
+        if plan.stream_pk is not None:
+            cursor.execute(
+                "UPDATE streams_stream SET status = %s, ended_at = %s, heard_ms = %s WHERE id = %s",
+                [StreamStatus.PLAYED.value, ended_at, plan.duration_ms, plan.stream_pk],
+            )
+            cursor.execute(
+                "UPDATE streams_utterance SET published_at = %s, heard_ms = %s"
+                " WHERE stream_id = %s",
+                [ended_at, plan.duration_ms, plan.stream_pk],
+            )
+    if plan.stream_pk is not None:
         ids = {
-            "stream_id": stream.stream_id,
-            "speaker": stream.speaker,
-            "turn_id": str(turn.id),
+            "stream_id": plan.stream_id,
+            "speaker": plan.stream_speaker,
+            "turn_id": plan.turn_id,
         }
         batch.add(
-            "playback_done",
-            {**ids, "duration_ms": stream.duration_ms, "bytes": stream.total_bytes},
+            "playback_done", {**ids, "duration_ms": plan.duration_ms, "bytes": plan.total_bytes}
         )
-        if stream.speech_text:
+        if plan.speech_text:
             batch.add(
                 "speech",
                 {
-                    "stream_id": stream.stream_id,
-                    "speaker": stream.speaker,
-                    "text": stream.speech_text,
+                    "stream_id": plan.stream_id,
+                    "speaker": plan.stream_speaker,
+                    "text": plan.speech_text,
                 },
             )
         batch.add("input", {"name": "SpeechFinished", **ids})
         batch.add("input", {"name": "AudioEnded", **ids})
-    _turn_event(batch, turn)
-    batch.add("state", room_state(room))
+    batch.add(
+        "turn",
+        {
+            "turn_id": plan.turn_id,
+            "speaker": plan.speaker,
+            "status": TurnStatus.RELEASED.value,
+            "reason": "played",
+        },
+    )
+    batch.add(
+        "state",
+        {
+            "speaker": None,
+            "turn": None,
+            "stream": None,
+            "spectators": plan.spectators,
+            "last_event_id": room.last_event_id,
+        },
+    )
     return True
 
 
@@ -584,18 +667,7 @@ def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | Non
             "playback_speed": speed,
             "offset_ms": round(fmt.duration_s(emitted) * 1000),
         }
-        cursor.execute(
-            "INSERT INTO streams_roomevent (room_id, seq, type, payload, chunk_id, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [
-                room_id,
-                event_id,
-                "audio_chunk",
-                ops.adapt_json_value(payload, None),
-                chunk_pk,
-                ops.adapt_datetimefield_value(now),
-            ],
-        )
+        insert_events([(room_id, event_id, "audio_chunk", payload, chunk_pk, now)])
     message = audio_message(
         event_message(
             seq=event_id,
@@ -700,26 +772,64 @@ def _ack(stream: Stream, seq: int, *, duplicate: bool) -> dict[str, Any]:
 # --- clock-driven transitions: called by timers and the sweeper, idempotent ----------------
 
 
+def release_prepare(*, turn_id: Any) -> ReleasePlan | None:
+    """Read what the release of a finalized turn will write (no lock, no write).
+
+    None when the turn is no longer waiting for its release.
+    """
+    turn = (
+        Turn.objects.filter(pk=turn_id, status=TurnStatus.FINALIZED)
+        .select_related("room")
+        .only("id", "speaker", "release_at", "room__id", "room__name")
+        .first()
+    )
+    if turn is None or turn.release_at is None:
+        return None
+    stream = (
+        Stream.objects.filter(turn_id=turn.pk, status=StreamStatus.PLAYING)
+        .only("id", "stream_id", "speaker", "duration_ms", "total_bytes", "speech_text")
+        .first()
+    )
+    return _plan_for(turn, stream, turn.room)
+
+
+def release_commit(*, plan: ReleasePlan, skip_locked: bool = False) -> bool:
+    """At the predicted end: the release's one short transaction. True if this call did it.
+
+    Never early: a caller woken a moment before `release_at` (clocks round) waits it out.
+    Whoever else released, expired or interrupted the turn meanwhile makes this a no-op.
+    """
+    wait = (plan.release_at - timezone.now()).total_seconds()
+    if wait > 0:
+        time.sleep(wait)
+    now = timezone.now()
+    with transaction.atomic():
+        if connection.features.has_select_for_update:
+            # The room first, as every write to a room does (no lock-order deadlocks).
+            skip = " SKIP LOCKED" if skip_locked else ""
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id FROM streams_room WHERE id = %s FOR UPDATE" + skip, [plan.room_id]
+                )
+                if cursor.fetchone() is None:
+                    return False
+        room = Room(pk=plan.room_id, name=plan.room_name)
+        batch = EventBatch(room)
+        released = _release(room, plan, batch, now)
+        batch.flush()
+        return released
+
+
 def turn_release(*, turn_id: Any, skip_locked: bool = False) -> bool:
     """Release a finalized turn whose predicted end has come. True if this call released it.
 
     Sweepers pass skip_locked: a room another worker is writing to is left to that worker or
     to the next sweep, instead of queueing every sweeper behind it (PostgreSQL only).
     """
-    now = timezone.now()
-    with transaction.atomic():
-        turn = Turn.objects.filter(pk=turn_id, status=TurnStatus.FINALIZED).first()
-        if turn is None or turn.release_at is None or turn.release_at > now:
-            return False
-        room = (
-            Room.objects.select_for_update(skip_locked=skip_locked).filter(pk=turn.room_id).first()
-        )
-        if room is None:
-            return False
-        batch = EventBatch(room)
-        released = _release(room, turn_id, batch, now)
-        batch.flush()
-        return released
+    plan = release_prepare(turn_id=turn_id)
+    if plan is None or plan.release_at > timezone.now():
+        return False
+    return release_commit(plan=plan, skip_locked=skip_locked)
 
 
 def turn_expire(*, turn_id: Any) -> bool:

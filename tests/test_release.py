@@ -88,6 +88,44 @@ def test_no_text_means_no_speech_event(post_chunk):
     assert [p["name"] for k, p in events() if k == "input"] == ["SpeechFinished", "AudioEnded"]
 
 
+def test_a_prepared_release_commits_at_its_moment_never_before(post_chunk):
+    post_chunk(seq=0, data=TENTH, done=True, speech_text="On time.")
+    turn = Turn.objects.get()
+    moment = timezone.now() + timedelta(milliseconds=40)
+    Turn.objects.filter(pk=turn.pk).update(release_at=moment)
+    plan = services.release_prepare(turn_id=turn.pk)
+    assert plan is not None and plan.release_at == moment and plan.speech_text == "On time."
+    assert Turn.objects.get().status == "finalized", "preparing writes nothing"
+    assert services.release_commit(plan=plan) is True  # called early: waits for the moment
+    turn.refresh_from_db()
+    assert turn.status == "released" and turn.ended_at >= moment
+    done = RoomEvent.objects.get(type="playback_done")
+    assert done.created_at >= moment
+    assert Utterance.objects.get().published_at == turn.ended_at
+    state = RoomEvent.objects.filter(type="state").last()
+    assert state.payload == {
+        "speaker": None,
+        "turn": None,
+        "stream": None,
+        "spectators": 0,
+        "last_event_id": state.seq,
+    }
+    assert services.release_commit(plan=plan) is False, "exactly once"
+    assert services.release_prepare(turn_id=turn.pk) is None
+
+
+def test_a_plan_overtaken_by_a_moderator_releases_nothing(post_chunk):
+    post_chunk(seq=0, data=TENTH, done=True)
+    turn = Turn.objects.get()
+    make_due(turn)
+    plan = services.release_prepare(turn_id=turn.pk)
+    services.floor_yield(room_name="r1", speaker=None, force=True)
+    before = RoomEvent.objects.count()
+    assert services.release_commit(plan=plan) is False
+    assert RoomEvent.objects.count() == before
+    assert Turn.objects.get().status == "interrupted"
+
+
 def test_zero_bytes_releases_on_the_request_path(post_chunk):
     response = post_chunk(seq=0, done=True, speech_text="(nods)")
     body = response.json()

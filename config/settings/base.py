@@ -195,6 +195,12 @@ PARLEY_SCHEDULER = env_bool("PARLEY_SCHEDULER", True)
 PARLEY_LONGPOLL_MAX_S = env_float("PARLEY_LONGPOLL_MAX_S", 30.0)
 PARLEY_SPECTATOR_STALE_S = env_float("PARLEY_SPECTATOR_STALE_S", 90.0)
 PARLEY_DB_THREADS = env_int("PARLEY_DB_THREADS", 8)
+# Threads for timers and the sweeper on PostgreSQL (SQLite's one DB thread serves them first).
+PARLEY_CLOCK_THREADS = env_int("PARLEY_CLOCK_THREADS", 4)
+# A release timer reads what it will write this long before the predicted end.
+PARLEY_RELEASE_PREPARE_S = env_float("PARLEY_RELEASE_PREPARE_S", 0.05)
+# Other processes' sweepers stand by this long after a release is due, in case its owner died.
+PARLEY_RELEASE_BACKUP_S = env_float("PARLEY_RELEASE_BACKUP_S", 0.1)
 
 # Chat with spoken answers and speaking into rooms (chat/, docs/chat.md).
 # Who answers POST /chat: "builtin" (deterministic, no network), "llm" (an OpenAI-compatible
