@@ -57,6 +57,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
+from speech.jobs import ALL_JOBS_GROUP, LIVE, job_group
 from speech.models import JobStatus, SpeechJob
 from speech.params import KNOB_DEFAULTS, parse_knobs
 from speech.tts import (
@@ -280,7 +281,8 @@ def usage_for(text: str, audio_bytes: int, sample_rate: int) -> dict[str, int]:
 
 # --- live jobs -----------------------------------------------------------------------------
 
-_LIVE: dict[uuid.UUID, LiveJob] = {}
+# This process's jobs (speech.jobs.LIVE: the sweeper heartbeats them and never abandons them).
+_LIVE: dict[uuid.UUID, LiveJob] = LIVE
 _RECORDERS: set[asyncio.Task] = set()
 
 
@@ -417,13 +419,6 @@ def live_job(job_id: uuid.UUID) -> LiveJob | None:
 def active_jobs() -> list[LiveJob]:
     """This process's jobs that are still queued or running, oldest first."""
     return [job for job in _LIVE.values() if job.status not in TERMINAL_STATUSES]
-
-
-def job_group(job_id: uuid.UUID) -> str:
-    return f"speech_job.{job_id.hex}"
-
-
-ALL_JOBS_GROUP = "speech_jobs"
 
 
 def _job_insert(fields: dict[str, Any], job_id: uuid.UUID) -> None:

@@ -10,6 +10,7 @@ import tracemalloc
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -20,12 +21,11 @@ from speech.tts import OPENAI_MODELS, TTSEngine
 from streams.errors import ApiError
 from streams.runtime import runtime
 
-# A job row still "running" but untouched this long belongs to a process that died.
-STALE_JOB_S = 120
-
 
 def _latest_record() -> SpeechJob | None:
-    cutoff = timezone.now() - timedelta(seconds=STALE_JOB_S)
+    # A row still active but not heartbeated this long belongs to a process that died (the
+    # sweeper marks it abandoned; this also holds where no sweeper runs).
+    cutoff = timezone.now() - timedelta(seconds=settings.PARLEY_SPEECH_JOB_STALE_S)
     return (
         SpeechJob.objects.filter(status__in=ACTIVE_JOB_STATUSES, updated_at__gte=cutoff)
         .order_by("-created_at")

@@ -100,6 +100,8 @@ class Runtime:
         self._tasks = [loop.create_task(self._publisher(), name="parley-publisher")]
         if settings.PARLEY_SCHEDULER if sweeper is None else sweeper:
             self._tasks.append(loop.create_task(self._sweeper(), name="parley-sweeper"))
+        else:
+            self._tasks.append(loop.create_task(self._heartbeat(), name="parley-heartbeat"))
 
     def _usable_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = self.loop
@@ -243,6 +245,18 @@ class Runtime:
             except Exception:
                 logger.exception("sweep failed")
             await asyncio.sleep(interval)
+
+    async def _heartbeat(self) -> None:
+        """Without a sweeper here (PARLEY_SCHEDULER=0), still say which sockets and jobs live,
+        so the dedicated scheduler does not take them for a crashed worker's."""
+        from streams.scheduler import presence_touch
+
+        while True:
+            try:
+                await self.run_clock_db(presence_touch, list(self.local_spectators))
+            except Exception:
+                logger.exception("heartbeat failed")
+            await asyncio.sleep(settings.PARLEY_SWEEP_INTERVAL_S)
 
 
 runtime = Runtime()

@@ -7,6 +7,7 @@ idempotent conditional updates, so any number of sweepers and timers can race sa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -19,6 +20,11 @@ from streams.models import SpectatorPresence, Stream, StreamStatus, Turn, TurnSt
 logger = logging.getLogger(__name__)
 
 Due = tuple[str, str, datetime]
+
+# Other apps' periodic work, registered from their AppConfig.ready() so the core does not
+# import them: sweep hooks get `now` on every sweep; heartbeat hooks say "this process lives".
+SWEEP_HOOKS: list[Callable[[datetime], object]] = []
+HEARTBEAT_HOOKS: list[Callable[[], object]] = []
 
 
 def sweep_once(*, horizon_s: float = 0.0) -> list[Due]:
@@ -39,6 +45,8 @@ def sweep_once(*, horizon_s: float = 0.0) -> list[Due]:
             services.stream_finalize_after_gap(stream_id=stream_id)
         stale = now - timedelta(seconds=settings.PARLEY_SPECTATOR_STALE_S)
         SpectatorPresence.objects.filter(seen_at__lt=stale).delete()
+        for hook in SWEEP_HOOKS:
+            hook(now)
         if horizon_s <= 0:
             return []
         soon = now + timedelta(seconds=horizon_s)
@@ -66,11 +74,14 @@ def sweep_once(*, horizon_s: float = 0.0) -> list[Due]:
 
 
 def presence_touch(channel_names: list[str]) -> None:
-    """Heartbeat for this process's spectator sockets, so crashed workers' ones age out."""
+    """Heartbeat for this process's spectator sockets and speech jobs, so crashed workers'
+    ones age out."""
     if channel_names:
         SpectatorPresence.objects.filter(channel_name__in=channel_names).update(
             seen_at=timezone.now()
         )
+    for hook in HEARTBEAT_HOOKS:
+        hook()
 
 
 JOBS = {

@@ -229,3 +229,5 @@ PARLEY_OPENAI_TTS_KEY = os.environ.get("PARLEY_OPENAI_TTS_KEY", "")
 PARLEY_OPENAI_TTS_MODEL = os.environ.get("PARLEY_OPENAI_TTS_MODEL", "tts-1")
 PARLEY_OPENAI_TTS_SAMPLE_RATE = env_int("PARLEY_OPENAI_TTS_SAMPLE_RATE", 24000)
 PARLEY_TTS_MAX_VOICE_BYTES = env_int("PARLEY_TTS_MAX_VOICE_BYTES", 10 * 1024 * 1024)
+# A queued/running speech job whose row nobody wrote (heartbeat) this long is marked failed.
+PARLEY_SPEECH_JOB_STALE_S = env_float("PARLEY_SPEECH_JOB_STALE_S", 90.0)
