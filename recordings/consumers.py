@@ -93,3 +93,5 @@ class StreamingConsumer(AsyncWebsocketConsumer):
     async def recording_stopped(self, message: dict[str, Any]) -> None:
         """Another worker force-stopped this session: tell the client where its file is."""
         await self.send_event("result_file_path", message["payload"])
+        if self.session is not None:
+            await self.session.stopped_elsewhere()

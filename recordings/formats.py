@@ -37,6 +37,11 @@ DECODED_BYTES_PER_SAMPLE = 2
 # Encoded bytes a container may take per second of the length limit: uncompressed 48 kHz
 # stereo 16-bit, more than any real encoder (or a wav) needs, so only abuse is refused.
 MAX_ENCODED_BYTES_PER_S = 48000 * 2 * 2
+# A container recording broadcast to a room is decoded live to 16-bit PCM at this rate (Opus's
+# own), mono, unless the client asked for a rate / channel count: the room stream's format must
+# be known at connect, before a byte is decoded.
+LIVE_RATE_HZ = 48000
+LIVE_CHANNELS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,15 @@ class RecordingFormat:
     @property
     def demuxer(self) -> str:
         return DEMUXERS[self.container]
+
+    @property
+    def live_pcm(self) -> PcmFormat:
+        """The PCM a room hears of this (container) recording while it is captured."""
+        return PcmFormat(
+            sample_rate_hz=self.decode_rate_hz or LIVE_RATE_HZ,
+            channels=self.decode_channels or LIVE_CHANNELS,
+            bytes_per_sample=DECODED_BYTES_PER_SAMPLE,
+        )
 
 
 def _format_name(raw: Any) -> str:

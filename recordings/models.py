@@ -45,6 +45,15 @@ class Recording(models.Model):
     decode_channels = models.PositiveSmallIntegerField(null=True, blank=True)
     # True when a room was named at connect: chunks are broadcast there as audio_chunk events.
     broadcast = models.BooleanField(default=False)
+    # A container recording with a room: the decoded PCM the room hears, as its own stream
+    # (`<sid>:live`). The recording's own stream keeps the container bytes the file is built from.
+    live_stream = models.OneToOneField(
+        Stream,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="live_of_recording",
+    )
     # "http://host[:port]" as the client reached us, for the seed's file_url.
     base_url = models.CharField(max_length=255)
     status = models.CharField(

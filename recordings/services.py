@@ -85,6 +85,10 @@ def recording_path(sid: str) -> Path:
     return Path(settings.PARLEY_RECORDINGS_DIR) / f"{sid}.wav"
 
 
+def live_stream_id(sid: str) -> str:
+    return f"{sid}:live"
+
+
 def recording_open(
     *,
     sid: str,
@@ -100,13 +104,6 @@ def recording_open(
     validate_speaker(speaker)
     if room_name is not None:
         validate_room_name(room_name)
-        if not fmt.is_pcm:
-            raise ApiError(
-                "room_needs_pcm",
-                f"Live room broadcast carries raw PCM; a {fmt.container} recording cannot be "
-                "broadcast. Connect without `room`, or send PCM.",
-                field="room",
-            )
     key = secrets.token_urlsafe(24)
     try:
         with transaction.atomic():
@@ -120,8 +117,22 @@ def recording_open(
                 channels=fmt.pcm.channels,
                 bytes_per_sample=fmt.pcm.bytes_per_sample,
             )
+            live = None
+            if room_name is not None and not fmt.is_pcm:
+                # The room hears decoded PCM (recordings/live.py), in a stream of its own.
+                live_fmt = fmt.live_pcm
+                live = Stream.objects.create(
+                    stream_id=live_stream_id(sid),
+                    kind=StreamKind.RECORDING,
+                    room=room,
+                    speaker=speaker,
+                    sample_rate_hz=live_fmt.sample_rate_hz,
+                    channels=live_fmt.channels,
+                    bytes_per_sample=live_fmt.bytes_per_sample,
+                )
             recording = Recording.objects.create(
                 stream=stream,
+                live_stream=live,
                 key_hash=key_hash(key),
                 transport=transport,
                 channel_name=channel_name,
@@ -249,7 +260,7 @@ def recording_chunk_add(*, recording_id: int, data: bytes) -> ChunkAck:
     with transaction.atomic():
         head = _Head.lock(recording_id)
         _check_chunk(head, data)
-        if head.broadcast:
+        if head.broadcast and head.container == PCM:
             _add_broadcast(head.stream_pk, data, now)
         else:
             _insert_chunk(head, data, now)
@@ -262,7 +273,50 @@ def recording_chunk_add(*, recording_id: int, data: bytes) -> ChunkAck:
 
 def _add_broadcast(stream_pk: int, data: bytes, now: datetime) -> None:
     """The chunk, plus its audio_chunk event in the room's log (the same transaction)."""
-    stream = Stream.objects.select_related("room").get(pk=stream_pk)
+    _publish(Stream.objects.select_related("room").get(pk=stream_pk), data, now)
+
+
+def recording_live_publish(*, stream_pk: int, data: bytes) -> int:
+    """A container recording's decoded PCM: the next chunk of its live stream, broadcast to
+    the room exactly like a PCM recording's chunk. Called by the session's one decoder, in
+    order. Returns the chunk's seq."""
+    now = timezone.now()
+    with transaction.atomic():
+        # Locked against the stop that ends the stream (recording_live_end).
+        stream = (
+            Stream.objects.select_related("room").select_for_update(of=("self",)).get(pk=stream_pk)
+        )
+        seq = stream.chunk_count
+        _publish(stream, data, now)
+    return seq
+
+
+def recording_live_end(*, stream_pk: int, now: datetime | None = None) -> None:
+    """End a live stream as a PCM recording's stream ends (played, with its duration).
+
+    Every stop path calls it (in recording_stop): the session's own stop after flushing its
+    decoder, force stop from any worker, the idle timeout, the abandoned-recordings sweep.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        stream = (
+            Stream.objects.select_for_update()
+            .filter(pk=stream_pk, status=StreamStatus.STREAMING)
+            .first()
+        )
+        if stream is None:
+            return
+        stream.status = StreamStatus.PLAYED
+        stream.finalized_at = stream.ended_at = now
+        stream.duration_ms = _duration_ms(stream)
+        stream.save(update_fields=["status", "finalized_at", "ended_at", "duration_ms"])
+
+
+def _duration_ms(stream: Stream) -> int:
+    return round(stream.pcm_format.duration_s(stream.total_bytes) * 1000)
+
+
+def _publish(stream: Stream, data: bytes, now: datetime) -> None:
     chunk = Chunk(stream=stream, seq=stream.chunk_count, data=data, size=len(data), received_at=now)
     batch = EventBatch(stream.room)
     # The core's own audio_chunk publisher: one event shape and one playhead for every stream.
@@ -271,16 +325,19 @@ def _add_broadcast(stream_pk: int, data: bytes, now: datetime) -> None:
     stream.total_bytes += chunk.size
     stream.chunk_count += 1
     stream.first_arrival_at = stream.first_arrival_at or now
-    stream.save(
-        update_fields=[
-            "total_bytes",
-            "chunk_count",
-            "first_arrival_at",
-            "playhead_at",
-            "emitted_bytes",
-            "next_emit_seq",
-        ]
-    )
+    fields = [
+        "total_bytes",
+        "chunk_count",
+        "first_arrival_at",
+        "playhead_at",
+        "emitted_bytes",
+        "next_emit_seq",
+    ]
+    if stream.status != StreamStatus.STREAMING:
+        # A live stream's tail, decoded after a force stop ended it: its duration grows.
+        stream.duration_ms = _duration_ms(stream)
+        fields.append("duration_ms")
+    stream.save(update_fields=fields)
     batch.flush()
 
 
@@ -317,6 +374,8 @@ def recording_stop(*, recording_id: int, refuse_empty: bool = True) -> Recording
             recording.stopped_at = now
             recording.save(update_fields=["status", "stopped_at"])
             Stream.objects.filter(pk=stream.pk).update(status=StreamStatus.PLAYED, ended_at=now)
+            if recording.live_stream_id:
+                recording_live_end(stream_pk=recording.live_stream_id, now=now)
             return recording
         if (
             recording.status == RecordingStatus.COMPLETE
@@ -327,6 +386,9 @@ def recording_stop(*, recording_id: int, refuse_empty: bool = True) -> Recording
             recording.status = RecordingStatus.PROCESSING
             recording.stopped_at = now
             recording.save(update_fields=["status", "stopped_at"])
+            if recording.live_stream_id:
+                # Taking no more audio: the room's live stream ends now, not when the file is.
+                recording_live_end(stream_pk=recording.live_stream_id, now=now)
     # Outside the transaction: decoding may take seconds and must not hold the lock.
     return _build(recording)
 

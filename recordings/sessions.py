@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from recordings import services
-from recordings.formats import parse_format
+from recordings.formats import RecordingFormat, parse_format
+from recordings.live import LiveDecoder, live_command
 from recordings.models import Recording, RecordingStatus, Transport
 from recordings.selectors import result_file_path_payload
 from streams.audio import FormatError
@@ -105,6 +106,12 @@ class RecordingSession:
         self.recording_id: int | None = None
         self._last_activity = 0.0
         self._idle_task: asyncio.Task | None = None
+        # A container recording with a room: its live stream and decoder (started by the
+        # first chunk), and the channel a force stop on any worker tells this session on.
+        self._live_stream_pk: int | None = None
+        self._live_fmt: RecordingFormat | None = None
+        self._live: LiveDecoder | None = None
+        self._listen_task: asyncio.Task | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -124,6 +131,12 @@ class RecordingSession:
         principal = await runtime.run_db(authenticate, authorization) if authorization else None
         require_writer(principal)
         speaker = resolve_speaker(principal, requested_speaker, DEFAULT_SPEAKER)
+        live = room is not None and not fmt.is_pcm
+        layer = get_channel_layer() if live and not self.channel_name else None
+        if layer is not None:
+            # Socket.IO has no channel of its own: a force stop elsewhere reaches the decoder
+            # through this one (the plain WebSocket's consumer channel does it there).
+            self.channel_name = await layer.new_channel()
         recording, key = await runtime.run_db(
             services.recording_open,
             sid=self.sid,
@@ -135,8 +148,14 @@ class RecordingSession:
             channel_name=self.channel_name,
         )
         self.recording_id = recording.pk
+        if live:
+            self._live_stream_pk = recording.live_stream_id
+            self._live_fmt = fmt
+        loop = asyncio.get_running_loop()
+        if layer is not None:
+            self._listen_task = loop.create_task(self._listen(layer))
         self._touch()
-        self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
+        self._idle_task = loop.create_task(self._watch_idle())
         return {**CONNECTED, "streaming_id": self.sid, "streaming_key": key}
 
     async def handle(self, event: str, data: Any) -> None:
@@ -169,6 +188,7 @@ class RecordingSession:
         if self.recording_id is None:
             return
         try:
+            await self._finish_live()
             await run_blocking(
                 services.recording_stop, recording_id=self.recording_id, refuse_empty=False
             )
@@ -196,11 +216,75 @@ class RecordingSession:
         await runtime.run_db(
             services.recording_chunk_add, recording_id=self.recording_id, data=chunk
         )
+        if self._live_stream_pk is not None:
+            # Stored first (durable), then decoded for the room: same bytes, same order.
+            await self._feed_live(chunk)
         await self._send("response", RECEIVED)
 
     async def _stop(self) -> None:
+        # The decoder's tail reaches the room before the stop ends the live stream.
+        await self._finish_live()
         recording = await run_blocking(services.recording_stop, recording_id=self.recording_id)
         await self._send("result_file_path", result_file_path_payload(recording))
+
+    async def stopped_elsewhere(self) -> None:
+        """A force stop (from any worker) ended the recording: flush and reap the decoder."""
+        await self._finish_live()
+
+    # --- live decoding for the room (container recordings with a room) ---------------------
+
+    async def _feed_live(self, chunk: bytes) -> None:
+        if self._live is None:
+            if self._live_fmt is None:
+                return  # finished: a stop took the decoder away
+            fmt = self._live_fmt.live_pcm
+            self._live = LiveDecoder(
+                command=live_command(self._live_fmt, fmt, max_s=settings.PARLEY_MAX_RECORDING_S),
+                frame_bytes=fmt.frame_bytes,
+                publish=self._publish_live,
+                fail=self._live_failed,
+            )
+            try:
+                await self._live.start()
+            except OSError:
+                logger.exception("recording %s: ffmpeg did not start", self.sid)
+                await self._live_failed("the decoder could not be started")
+                self._live_fmt = None
+                return
+        await self._live.feed(chunk)
+
+    async def _publish_live(self, pcm: bytes) -> None:
+        await runtime.run_db(
+            services.recording_live_publish, stream_pk=self._live_stream_pk, data=pcm
+        )
+
+    async def _live_failed(self, reason: str) -> None:
+        error = ApiError(
+            "live_decode_failed",
+            f"The audio could not be decoded for the room's live broadcast ({reason}). "
+            "Recording goes on: the chunks are stored and the file is built from them.",
+            field="chunk",
+        )
+        await self._send_quietly("error", error.as_dict())
+
+    async def _finish_live(self) -> None:
+        """Close the decoder's input and publish what it still had (once; later calls wait).
+
+        No chunk is stored after a stop, so no decoder starts after this one finished."""
+        if self._live is not None:
+            await self._live.finish()
+
+    async def _listen(self, layer: Any) -> None:
+        try:
+            while True:
+                message = await layer.receive(self.channel_name)
+                if message.get("type") == "recording.stopped":
+                    await self.stopped_elsewhere()
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("recording %s: stop listener failed", self.sid, exc_info=True)
 
     # --- idle timeout ----------------------------------------------------------------------
 
@@ -208,9 +292,10 @@ class RecordingSession:
         self._last_activity = asyncio.get_running_loop().time()
 
     def _stop_watching(self) -> None:
-        task, self._idle_task = self._idle_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        for task in (self._idle_task, self._listen_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self._idle_task = self._listen_task = None
 
     async def _watch_idle(self) -> None:
         idle_s = settings.PARLEY_RECORDING_IDLE_S
@@ -231,6 +316,7 @@ class RecordingSession:
             "idle_timeout", f"Nothing received for {idle_s:g} s: the session is closed."
         )
         try:
+            await self._finish_live()
             recording = await run_blocking(
                 services.recording_stop, recording_id=self.recording_id, refuse_empty=False
             )
@@ -261,7 +347,9 @@ async def notify_stopped(recording: Recording) -> None:
             from recordings.sio import NAMESPACE, sio
 
             await sio.emit("result_file_path", payload, to=recording.sid, namespace=NAMESPACE)
-        elif recording.channel_name:
+        if recording.channel_name:
+            # The plain WebSocket's consumer (which tells its client), or a Socket.IO
+            # session's own channel (live decoding: it flushes its decoder).
             layer = get_channel_layer()
             if layer is not None:
                 await layer.send(

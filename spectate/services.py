@@ -7,7 +7,8 @@ from typing import Any
 from django.utils import timezone
 
 from streams import selectors
-from streams.models import Room, SpectatorPresence
+from streams.events import hydrate
+from streams.models import Room, RoomEvent, SpectatorPresence, Stream, StreamKind, StreamStatus
 
 
 def spectator_join(*, room_name: str, channel_name: str, after: int | None) -> dict[str, Any]:
@@ -32,8 +33,32 @@ def spectator_join(*, room_name: str, channel_name: str, after: int | None) -> d
             **selectors.room_state(room),
         }
         backlog = selectors.active_stream_backlog(room, up_to=high_water)
+        recordings = _recordings_backlog(room, up_to=high_water)
+        if recordings:
+            # Both are in event order; together they must be too.
+            backlog = sorted([*backlog, *recordings], key=lambda message: message["id"])
         return {"messages": [state, *backlog], "resume_from": high_water}
     return {"messages": [], "resume_from": min(after, high_water), "catch_up": True}
+
+
+def _recordings_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
+    """The audio so far of recordings in progress in the room.
+
+    A recording takes no turn, so the floor's backlog never names it; a stream of kind
+    recording still streaming here is one (a PCM recording's own stream, or the decoded
+    live stream of a container recording: only those carry audio_chunk events).
+    """
+    live = Stream.objects.filter(
+        room=room, kind=StreamKind.RECORDING, status=StreamStatus.STREAMING, chunk_count__gt=0
+    ).values("pk")
+    events = (
+        RoomEvent.objects.filter(
+            room=room, type="audio_chunk", chunk__stream__in=live, seq__lte=up_to
+        )
+        .select_related("chunk")
+        .order_by("seq")
+    )
+    return [hydrate(event, room.name) for event in events]
 
 
 def events_between(*, room_name: str, after: int, up_to: int | None) -> list[dict[str, Any]]:

@@ -11,10 +11,15 @@ import pytest
 from tests.recordings.clients import (
     CHUNKS_SQL,
     SioSession,
+    Spectator,
     WsSession,
     check_kept,
+    check_live_chunks,
+    close_enough,
+    encoded_audio,
     pcm,
     record_then_kill,
+    split,
     wav_info,
 )
 
@@ -71,6 +76,34 @@ async def test_connect_on_one_worker_force_stop_through_the_other(deployment, tm
     assert {r["status"] for r in listing["results"]} == {"complete"}
     await sio.close()
     await ws.close()
+
+
+async def test_a_live_webm_recording_force_stopped_through_the_other_worker(deployment, tmp_path):
+    """Socket.IO on a, spectator on b, force stop through b: the room hears it all, once."""
+    a, b = await workers(deployment, tmp_path)
+    spectator = await Spectator.open(b.ws_url, "live-x")
+    client = SioSession()
+    hello = await client.connect(a.url, auth={"format": "webm", "room": "live-x"})
+    live_id = f"{hello['streaming_id']}:live"
+    for piece in split(encoded_audio("webm", 2.0), 1500):
+        assert await client.chunk(piece) == ("response", {"message": "received chunk"})
+    await spectator.heard(live_id, 1.9)
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{b.url}/streaming/force_stop", headers={"X-Streaming-Key": hello["streaming_key"]}
+        )
+        assert response.status_code == 200, response.text
+        event, payload = await client.next()
+        assert event == "result_file_path"
+        # Worker a's session heard of the stop through Redis and flushed its decoder's tail.
+        await spectator.heard(live_id, 2.0)
+        body = (await http.get(payload["file_url"])).content
+    pcm_bytes = check_live_chunks(spectator.chunks(live_id), live_id, "recorder")
+    assert close_enough(len(pcm_bytes) / 96000, 2.0, 0.045)
+    rate, channels, width, frames = wav_info(body)
+    assert close_enough(len(frames) / (rate * channels * width), 2.0)
+    await client.close()
+    await spectator.close()
 
 
 async def test_acknowledged_chunks_survive_a_killed_worker(deployment, tmp_path):

@@ -5,6 +5,8 @@ integration tests and bench/recordings.py use it too."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import io
 import json
 import math
@@ -228,3 +230,70 @@ def start_embedded(var_dir: Path, count: int = 1) -> list[DaphneProcess]:
 
 def close_enough(actual_s: float, expected_s: float, tolerance_s: float = 0.06) -> bool:
     return math.isclose(actual_s, expected_s, abs_tol=tolerance_s)
+
+
+class Spectator:
+    """A real spectator WebSocket (/spectate/ws) collecting every message in the background."""
+
+    def __init__(self, connection: Any) -> None:
+        self.ws = connection
+        self.messages: list[dict[str, Any]] = []
+        self.received_at: list[float] = []
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    @classmethod
+    async def open(cls, ws_base: str, room: str) -> Spectator:
+        connection = await websockets.connect(f"{ws_base}/spectate/ws?room={room}", max_size=None)
+        spectator = cls(connection)
+        await spectator.wait_for(lambda: any(m["type"] == "state" for m in spectator.messages))
+        return spectator
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self.ws:
+                self.messages.append(json.loads(raw))
+                self.received_at.append(loop.time())
+
+    async def wait_for(self, condition: Any, timeout: float = 15.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+            await asyncio.sleep(0.02)
+
+    def chunks(self, stream_id: str) -> list[dict[str, Any]]:
+        return [
+            m for m in self.messages if m["type"] == "audio_chunk" and m["stream_id"] == stream_id
+        ]
+
+    def seconds(self, stream_id: str) -> float:
+        return sum(
+            len(base64.b64decode(m["data"]))
+            / (m["sample_rate_hz"] * m["channels"] * m["bytes_per_sample"])
+            for m in self.chunks(stream_id)
+        )
+
+    async def heard(self, stream_id: str, seconds: float, timeout: float = 15.0) -> None:
+        """Wait until `seconds` of the stream's audio (less a 40 ms frame or two) arrived."""
+        await self.wait_for(lambda: self.seconds(stream_id) >= seconds - 0.045, timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
+
+
+def check_live_chunks(chunks: list[dict[str, Any]], stream_id: str, speaker: str) -> bytes:
+    """A decoded live stream as the room gets it: 48 kHz mono 16-bit, seq 0.. in order,
+    offsets that add up, every core field. Returns the PCM."""
+    assert chunks, "no audio_chunk"
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))
+    ids = [c["id"] for c in chunks]
+    assert ids == sorted(set(ids))
+    pcm_bytes = b""
+    for c in chunks:
+        assert (c["stream_id"], c["speaker"]) == (stream_id, speaker)
+        assert (c["sample_rate_hz"], c["channels"], c["bytes_per_sample"]) == (48000, 1, 2)
+        assert c["playback_speed"] == 1.0
+        assert c["offset_ms"] == round(len(pcm_bytes) / 96)
+        pcm_bytes += base64.b64decode(c["data"])
+    return pcm_bytes

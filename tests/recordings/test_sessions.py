@@ -14,7 +14,7 @@ from config.asgi import application
 from recordings import services
 from recordings.models import Recording
 from streams.auth import api_key_create
-from streams.models import Chunk, RoomEvent
+from streams.models import Chunk, RoomEvent, Stream
 from tests.recordings.clients import TENTH_BYTES, close_enough, encoded_audio, pcm, split, wav_info
 from tests.recordings.conftest import http, ws_connect, ws_open
 
@@ -62,7 +62,6 @@ async def test_connect_gives_the_seed_message_an_id_and_a_key():
         ("channels=3", "invalid_channels"),
         ("bytes_per_sample=x", "invalid_bytes_per_sample"),
         ("room=bad%20room", "invalid_room"),
-        ("room=r1&format=webm", "room_needs_pcm"),
         ("speaker=no%20spaces", "invalid_speaker"),
         ("api_key=pk_unknown", "invalid_api_key"),
     ],
@@ -356,3 +355,56 @@ async def test_a_stop_racing_a_chunk_never_loses_an_acknowledged_one():
     final = await recording(sid)
     assert final.stream.chunk_count == acked == len(await stored(sid))
     await ws.disconnect()
+
+
+async def test_a_late_joiner_gets_a_pcm_recording_so_far_then_live():
+    ws, _ = await ws_open("room=latepcm")
+    sent = [pcm(0.1, start=n) for n in range(6)]
+    for piece in sent[:3]:
+        assert await ws.chunk(piece) == RECEIVED
+    late = WebsocketCommunicator(application, "/spectate/ws?room=latepcm")
+    assert (await late.connect())[0]
+    state = await late.receive_json_from()
+    assert state["type"] == "state" and state["stream"] is None  # a recording holds no floor
+    for piece in sent[3:]:
+        assert await ws.chunk(piece) == RECEIVED
+    events = [await late.receive_json_from(timeout=3) for _ in sent]
+    assert [e["seq"] for e in events] == list(range(6))
+    assert [base64.b64decode(e["data"]) for e in events] == sent
+    assert [e["id"] for e in events] == sorted({e["id"] for e in events})
+    assert await late.receive_nothing(timeout=0.2)
+    await ws.send("stop_recording")
+    # Once stopped, it is no longer "in progress": a newcomer gets no backlog.
+    newcomer = WebsocketCommunicator(application, "/spectate/ws?room=latepcm")
+    assert (await newcomer.connect())[0]
+    assert (await newcomer.receive_json_from())["type"] == "state"
+    assert await newcomer.receive_nothing(timeout=0.2)
+    await ws.disconnect()
+    await late.disconnect()
+    await newcomer.disconnect()
+
+
+async def test_the_idle_timeout_flushes_a_live_decoder_and_ends_its_stream(settings):
+    settings.PARLEY_RECORDING_IDLE_S = 0.5
+    spectator = WebsocketCommunicator(application, "/spectate/ws?room=idlelive")
+    assert (await spectator.connect())[0]
+    assert (await spectator.receive_json_from())["type"] == "state"
+    ws, hello = await ws_open("room=idlelive&format=webm")
+    for piece in split(encoded_audio("webm", 1.0), 1500):
+        assert await ws.chunk(piece) == RECEIVED
+    event, data = await ws.next(timeout=5)
+    assert (event, data["error"]) == ("error", "idle_timeout")
+    assert (await ws.next())[0] == "result_file_path"
+    assert await ws.closed_with() == 1000
+    live_id = f"{hello['streaming_id']}:live"
+    live = await database_sync_to_async(
+        lambda: Stream.objects.values("status", "chunk_count", "total_bytes").get(stream_id=live_id)
+    )()
+    assert live["status"] == "played" and close_enough(live["total_bytes"] / 96000, 1.0, 0.045)
+    heard = []
+    while not await spectator.receive_nothing(timeout=0.2):
+        heard.append(await spectator.receive_json_from())
+    assert [m["seq"] for m in heard if m["type"] == "audio_chunk"] == list(
+        range(live["chunk_count"])
+    )
+    await spectator.disconnect()

@@ -3,6 +3,8 @@ running the embedded default (SQLite, in-memory layers), whatever DATABASE_URL s
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +16,10 @@ from tests.recordings.clients import (
     CHUNKS_SQL,
     TENTH_BYTES,
     SioSession,
+    Spectator,
     WsSession,
     check_kept,
+    check_live_chunks,
     close_enough,
     encoded_audio,
     pcm,
@@ -194,3 +198,172 @@ async def test_acknowledged_chunks_survive_a_sigkilled_worker(processes, var_dir
         rows = db.execute(CHUNKS_SQL.format("?"), (hello["streaming_id"],)).fetchall()
     await check_kept(rows, acked, server, hello)
     await client.client.eio.disconnect(abort=True)
+
+
+# --- container recordings heard live in a room (decoded by ffmpeg as they arrive) -----------
+
+WEBM = "audio/webm;codecs=opus"
+MEDIARECORDER_PIECE = 1500  # about 250 ms of 32 kb/s Opus: a MediaRecorder timeslice
+
+
+def live_decoders(pid: int) -> list[int]:
+    """Live-decoding ffmpeg processes (raw s16le to a pipe) of a worker, zombies included.
+
+    The file's own decode (to a .wav, run again on a disconnect after a failure) is not one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == pid and (b"s16le" in argv or fields[0] == "Z"):
+            found.append(int(entry))
+    return found
+
+
+def live_stream_row(var_dir: Path, stream_id: str) -> tuple[str, int, int]:
+    with sqlite3.connect(var_dir / "parley.sqlite3") as db:
+        return db.execute(
+            "SELECT status, chunk_count, duration_ms FROM streams_stream WHERE stream_id = ?",
+            (stream_id,),
+        ).fetchone()
+
+
+async def saved_wav_seconds(file_url: str) -> float:
+    async with httpx.AsyncClient() as http:
+        rate, channels, width, frames = wav_info((await http.get(file_url)).content)
+    assert (rate, channels, width) == (48000, 1, 2)
+    return len(frames) / (rate * channels * width)
+
+
+async def test_a_socketio_webm_recording_is_heard_live_in_its_room(server, var_dir):
+    spectator = await Spectator.open(server.ws_url, "live-sio")
+    client = SioSession()
+    hello = await client.connect(server.url, auth={"format": WEBM, "room": "live-sio"})
+    live_id = f"{hello['streaming_id']}:live"
+    pieces = split(encoded_audio("webm", 2.5), MEDIARECORDER_PIECE)
+    for piece in pieces:
+        assert await client.chunk(piece) == ("response", {"message": "received chunk"})
+    # Live: the room hears all but the decoder's last packet before the recording stops.
+    await spectator.heard(live_id, 2.4)
+    event, payload = await client.stop()
+    assert event == "result_file_path", payload
+    await spectator.heard(live_id, 2.5)
+    pcm_bytes = check_live_chunks(spectator.chunks(live_id), live_id, "recorder")
+    assert close_enough(len(pcm_bytes) / 96000, 2.5, 0.045)
+    assert close_enough(await saved_wav_seconds(payload["file_url"]), 2.5)
+    await client.close()
+    await spectator.close()
+    status, chunks, duration_ms = live_stream_row(var_dir, live_id)
+    assert (status, chunks) == ("played", len(spectator.chunks(live_id)))
+    assert duration_ms == round(len(pcm_bytes) / 96)
+    await asyncio.sleep(0.2)
+    assert live_decoders(server.pid) == []
+
+
+async def test_a_plain_websocket_webm_recording_is_heard_live_in_its_room(server):
+    spectator = await Spectator.open(server.ws_url, "live-ws")
+    session, hello = await WsSession.open(server.ws_url, "format=webm&room=live-ws&speaker=ann")
+    live_id = f"{hello['streaming_id']}:live"
+    for piece in split(encoded_audio("webm", 1.5), MEDIARECORDER_PIECE):
+        assert await session.chunk(piece) == ("response", {"message": "received chunk"})
+    await session.close()  # disconnect saves it, and flushes the decoder first
+    await spectator.heard(live_id, 1.5)
+    pcm_bytes = check_live_chunks(spectator.chunks(live_id), live_id, "ann")
+    assert close_enough(len(pcm_bytes) / 96000, 1.5, 0.045)
+    async with httpx.AsyncClient() as http:
+        for _ in range(100):  # the file is built after the disconnect
+            detail = (await http.get(f"{server.url}/api/recordings/{hello['streaming_id']}")).json()
+            if detail["status"] != "processing":
+                break
+            await asyncio.sleep(0.1)
+    assert detail["status"] == "complete" and detail["room"] == "live-ws"
+    assert close_enough(detail["duration_ms"] / 1000, 1.5)
+    await spectator.close()
+
+
+async def test_garbage_declared_as_webm_gets_one_error_and_keeps_recording(server, var_dir):
+    spectator = await Spectator.open(server.ws_url, "live-garbage")
+    client = SioSession()
+    hello = await client.connect(server.url, auth={"format": "webm", "room": "live-garbage"})
+    garbage = [b"this is not a webm file, just bytes " * 40 for _ in range(20)]  # 28 kB
+    errors = []
+    for piece in garbage:
+        await client.emit("audio_chunk", {"chunk": piece})
+        while (answer := await client.next())[0] == "error":
+            errors.append(answer[1])
+        assert answer == ("response", {"message": "received chunk"})
+    await asyncio.sleep(0.5)  # ffmpeg gives up after about 10 kB; its error is sent at once
+    while not client.events.empty():
+        errors.append((await client.next())[1])
+    assert [e["error"] for e in errors] == ["live_decode_failed"], errors
+    assert errors[0]["detail"]
+    # Still recording; the file cannot be built from garbage, but nothing is lost.
+    assert await client.chunk(b"more") == ("response", {"message": "received chunk"})
+    event, payload = await client.stop()
+    assert (event, payload["error"]) == ("error", "processing_failed")
+    await client.close()
+    with sqlite3.connect(var_dir / "parley.sqlite3") as db:
+        rows = db.execute(CHUNKS_SQL.format("?"), (hello["streaming_id"],)).fetchall()
+    assert [bytes(data) for _, data in rows] == [*garbage, b"more"]
+    assert spectator.chunks(f"{hello['streaming_id']}:live") == []
+    await spectator.close()
+    assert live_decoders(server.pid) == []
+
+
+async def test_a_late_joiner_hears_the_recording_so_far_then_live(server):
+    early = await Spectator.open(server.ws_url, "live-late")
+    client = SioSession()
+    hello = await client.connect(server.url, auth={"format": WEBM, "room": "live-late"})
+    live_id = f"{hello['streaming_id']}:live"
+    pieces = split(encoded_audio("webm", 3.0), MEDIARECORDER_PIECE)
+    half = len(pieces) // 2
+    for piece in pieces[:half]:
+        assert (await client.chunk(piece))[0] == "response"
+    await early.heard(live_id, 1.0)
+    late = await Spectator.open(server.ws_url, "live-late")
+    for piece in pieces[half:]:
+        assert (await client.chunk(piece))[0] == "response"
+    await client.stop()
+    await early.heard(live_id, 3.0)
+    await late.heard(live_id, 3.0)
+    heard_early, heard_late = early.chunks(live_id), late.chunks(live_id)
+    assert heard_late == heard_early  # the same events, in order, each once
+    check_live_chunks(heard_late, live_id, "recorder")
+    # The late joiner got a backlog (chunks before it joined) after its state message.
+    kinds = [m["type"] for m in late.messages]
+    assert kinds[0] == "state" and late.messages[0]["id"] >= heard_late[0]["id"]
+    ids = [m["id"] for m in late.messages[1:]]
+    assert ids == sorted(set(ids))
+    await client.close()
+    await early.close()
+    await late.close()
+
+
+async def test_force_stop_ends_the_live_stream_and_reaps_the_decoder(server, var_dir):
+    spectator = await Spectator.open(server.ws_url, "live-force")
+    client = SioSession()
+    hello = await client.connect(server.url, auth={"format": WEBM, "room": "live-force"})
+    live_id = f"{hello['streaming_id']}:live"
+    for piece in split(encoded_audio("webm", 1.0), MEDIARECORDER_PIECE):
+        assert (await client.chunk(piece))[0] == "response"
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{server.url}/streaming/force_stop",
+            headers={"X-Streaming-Key": hello["streaming_key"]},
+        )
+    assert response.status_code == 200
+    assert (await client.next())[0] == "result_file_path"
+    await spectator.heard(live_id, 1.0)  # the tail too: the session flushed its decoder
+    await asyncio.sleep(0.3)
+    assert live_decoders(server.pid) == []  # still connected, decoder already gone
+    status, chunks, duration_ms = live_stream_row(var_dir, live_id)
+    assert status == "played" and chunks == len(spectator.chunks(live_id))
+    assert close_enough(duration_ms / 1000, 1.0, 0.045)
+    await client.close()
+    await spectator.close()
