@@ -7,10 +7,22 @@ import binascii
 
 from django.conf import settings
 from rest_framework import serializers
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from streams.audio import FormatError, PcmFormat
 from streams.errors import ApiError
 from streams.services import ChunkIn, validate_room_name, validate_speaker, validate_stream_id
+
+
+class Base64Field(serializers.CharField):
+    """Base64 text. Without DRF's surrogate check, a Python loop over every character that
+    cost 2.5 % of ingest CPU: base64 decoding rejects anything outside ASCII anyway."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.validators = [
+            v for v in self.validators if not isinstance(v, ProhibitSurrogateCharactersValidator)
+        ]
 
 
 class AudioChunkSerializer(serializers.Serializer):
@@ -18,7 +30,7 @@ class AudioChunkSerializer(serializers.Serializer):
 
     stream_id = serializers.CharField(trim_whitespace=False, allow_blank=True)
     seq = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
-    data = serializers.CharField(
+    data = Base64Field(
         required=False,
         allow_blank=True,
         trim_whitespace=False,

@@ -147,6 +147,8 @@ def test_stream_id_reused_in_another_room(post_chunk):
     ("fields", "error", "field"),
     [
         ({"data": "***not base64***"}, "bad_base64", "data"),
+        ({"data": "AAAA\ud800AAA"}, "bad_base64", "data"),  # a lone surrogate
+        ({"data": "AAAA\u00e9AAA"}, "bad_base64", "data"),  # not ASCII
         ({"data": "QUJD"}, "partial_frame", "data"),  # 3 bytes, 2-byte frames
         ({"sample_rate_hz": 7000}, "invalid_sample_rate_hz", "sample_rate_hz"),
         ({"sample_rate_hz": 96000}, "invalid_sample_rate_hz", "sample_rate_hz"),
