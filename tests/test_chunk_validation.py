@@ -1,0 +1,93 @@
+"""POST /audio's plain validation agrees with AudioChunkSerializer, which stays the reference."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streams.serializers import AudioChunkSerializer, _plain_chunk_fields
+
+BASE = {"stream_id": "s-1", "seq": 3, "data": "AAAA"}
+
+CASES = [
+    {},
+    {"done": True, "data": ""},
+    {"speech_text": "  Hello, wörld!  "},
+    {"speech_text": "x" * 20000},
+    {"speech_text": "x" * 20001},
+    {"speech_text": "lone \ud800 surrogate"},
+    {"speech_text": None},
+    {"room": "  lobby "},
+    {"room": ""},
+    {"room": "   "},
+    {"room": "caf\u00e9"},
+    {"speaker": None},
+    {"speaker": "bob"},
+    {"speaker": ""},
+    {"speaker": 7},
+    {"stream_id": ""},
+    {"stream_id": " padded "},
+    {"stream_id": "nul\x00"},
+    {"stream_id": 12},
+    {"seq": -1},
+    {"seq": 2**31},
+    {"seq": 2**31 - 1},
+    {"seq": "4"},
+    {"seq": 4.0},
+    {"seq": True},
+    {"seq": None},
+    {"data": None},
+    {"data": 5},
+    {"data": "AA\u00e9A"},
+    {"done": "true"},
+    {"done": 1},
+    {"sample_rate_hz": 16000},
+    {"sample_rate_hz": "16000"},
+    {"sample_rate_hz": 16000.0},
+    {"channels": False},
+    {"bytes_per_sample": 4},
+    {"playback_speed": 2},
+    {"playback_speed": 1.5},
+    {"playback_speed": float("nan")},
+    {"playback_speed": float("inf")},
+    {"playback_speed": "1.5"},
+    {"playback_speed": True},
+    {"unknown": "ignored"},
+]
+
+
+def serializer_fields(values: dict) -> dict | None:
+    serializer = AudioChunkSerializer(data=values)
+    return dict(serializer.validated_data) if serializer.is_valid() else None
+
+
+def check(values: dict) -> None:
+    plain = _plain_chunk_fields(values)
+    if plain is not None:  # None: the serializer decides (and writes the error)
+        assert plain == serializer_fields(values), values
+
+
+@pytest.mark.parametrize("changes", CASES)
+def test_plain_validation_accepts_only_what_the_serializer_accepts_unchanged(changes):
+    values = {**BASE, **changes}
+    check(values)
+    for key in BASE:  # a required field missing
+        check({k: v for k, v in values.items() if k != key})
+
+
+def test_the_common_chunk_takes_the_plain_path():
+    values = {**BASE, "done": False, "speech_text": "", "room": "r", "speaker": "a"}
+    assert _plain_chunk_fields(values) is not None
+
+
+def test_random_values_agree_with_the_serializer():
+    rng = random.Random(7)
+    pool = [None, True, False, 0, 1, -1, 2**40, 1.5, float("nan"), "", " ", "x", "7", "\x00"]
+    pool += ["caf\u00e9", "\ud800", "AAAA", [], {}]
+    fields = list(AudioChunkSerializer().fields)
+    for _ in range(2000):
+        values = dict(BASE)
+        for name in rng.sample(fields, rng.randint(1, 4)):
+            values[name] = rng.choice(pool)
+        check(values)
