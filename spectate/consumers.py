@@ -99,7 +99,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
                 continue
             if event_id > self.last_sent + 1:
                 await self._catch_up(up_to=event_id - 1)
-            await self.send_json(event)
+            await self.send(text_data=event["json"])  # encoded once by the publisher
             self.last_sent = event_id
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

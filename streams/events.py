@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -124,7 +125,9 @@ def broadcast(group: str, messages: list[dict[str, Any]]) -> None:
     # Imported here: the runtime pulls in the channel layer, which needs settings loaded.
     from streams.runtime import runtime
 
-    runtime.publish(group, {"type": "room.events", "events": messages})
+    # Encoded once here, not once per spectator socket: each consumer sends the text as is.
+    events = [{"id": message["id"], "json": json.dumps(message)} for message in messages]
+    runtime.publish(group, {"type": "room.events", "events": events})
 
 
 def hydrate(event: RoomEvent, room_name: str) -> dict[str, Any]:
