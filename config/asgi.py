@@ -11,14 +11,25 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from config.handlers import ApiASGIHandler, is_api_path  # noqa: E402
 from config.static import StaticFilesHandler  # noqa: E402
 from recordings.sio import mount as mount_socketio  # noqa: E402
 from spectate.routing import websocket_urlpatterns  # noqa: E402
 from streams.runtime import runtime  # noqa: E402
 
+api_application = ApiASGIHandler()
+pages_application = StaticFilesHandler(django_application)
+
+
+async def http_application(scope, receive, send):
+    # The JSON/audio API skips the browser-page middleware (config/handlers.py).
+    handler = api_application if is_api_path(scope["path"]) else pages_application
+    await handler(scope, receive, send)
+
+
 router = ProtocolTypeRouter(
     {
-        "http": StaticFilesHandler(django_application),
+        "http": http_application,
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )
