@@ -1,7 +1,12 @@
 from django.contrib import admin
-from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from django.urls import include, path, re_path
+from drf_spectacular.views import (
+    SpectacularJSONAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 
+from config.errors import not_found
 from streams import api
 from streams.async_views import audio_view, room_events_view
 
@@ -23,8 +28,14 @@ urlpatterns = [
     path("", include("recordings.urls")),
     # Speech synthesis (seed 002): /v1/audio/speech..., voices, progress, models, health.
     path("", include("speech.urls")),
-    path("openapi.json", SpectacularAPIView.as_view(), name="openapi"),
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
     path("admin/", admin.site.urls),
+    # Anything else under an API prefix: a JSON 404, in DEBUG too (Django's debug 404 is HTML).
+    re_path(r"^(?:audio|api|v1|chat|health|memory|streaming|static/audio)(?:/.*)?$", not_found),
 ]
+
+# API paths answer errors in JSON like every other API error; pages keep Django's pages.
+handler404 = "config.errors.not_found"
+handler500 = "config.errors.server_error"

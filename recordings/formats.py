@@ -95,7 +95,7 @@ def _int_param(params: Mapping[str, Any], name: str) -> int | None:
         raise FormatError(name, f"{name} must be an integer, got {value!r}.")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value)
     raise FormatError(name, f"{name} must be an integer, got {value!r}.")
 
@@ -146,7 +146,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first_raw, last_raw = first_raw.strip(), last_raw.strip()
     if not dash or not (first_raw or last_raw):
         return None
-    if not all(part.isdigit() for part in (first_raw, last_raw) if part):
+    if not all(part.isascii() and part.isdigit() for part in (first_raw, last_raw) if part):
         return None
     if not first_raw:  # a suffix: the last N bytes
         suffix = int(last_raw)

@@ -8,10 +8,11 @@ from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.utils import timezone
 
 from spectate.services import events_between, spectator_join, spectator_leave
 from streams.errors import ApiError
-from streams.events import room_group
+from streams.events import iso, room_group
 from streams.runtime import runtime
 from streams.services import validate_room_name
 
@@ -26,7 +27,7 @@ def parse_query(query_string: bytes) -> tuple[str, int | None]:
     after = None
     if "after" in params:
         raw = params["after"][0]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise ApiError("invalid_after", "after must be a non-negative integer.", field="after")
         after = int(raw)
     return room, after
@@ -53,7 +54,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             self.room, after = parse_query(self.scope.get("query_string", b""))
         except ApiError as exc:
             await self.accept()
-            await self.send_json({"type": "error", **exc.as_dict()})
+            await self.send_json(self._error(exc.as_dict(), room=None, event_id=0))
             await self.close(code=CLOSE_BAD_REQUEST)
             return
         # Subscribe before reading the snapshot: anything committed after it arrives live
@@ -103,11 +104,17 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             self.last_sent = event_id
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        body = {
+            "error": "read_only",
+            "detail": "Spectator sockets are read-only; send audio with POST /audio.",
+            "field": None,
+        }
         await self.send_json(
-            {
-                "type": "error",
-                "error": "read_only",
-                "detail": "Spectator sockets are read-only; send audio with POST /audio.",
-                "field": None,
-            }
+            self._error(body, room=self.room, event_id=getattr(self, "last_sent", 0))
         )
+
+    @staticmethod
+    def _error(body: dict[str, Any], *, room: str | None, event_id: int) -> dict[str, Any]:
+        """Like every message: type, id, room, ts. An error is no event: its id is the last
+        event id this socket has sent, so ids never go backwards."""
+        return {"type": "error", "id": event_id, "room": room, "ts": iso(timezone.now()), **body}

@@ -65,7 +65,7 @@ def events_between(*, room_name: str, after: int, up_to: int | None) -> list[dic
     room = Room.objects.filter(name=room_name).first()
     if room is None:
         return []
-    return selectors.events_after(room, after=after, up_to=up_to)
+    return selectors.events_after(room, after=after, up_to=up_to)[0]
 
 
 def spectator_leave(*, channel_name: str) -> None:

@@ -20,8 +20,23 @@ from streams.models import (
 )
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """What happened, not a form: the log and the counters are only ever written by the
+    services (an edited `next_emit_seq` or a deleted event would break the invariants).
+    Moderators act through actions, like force-release."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Room)
-class RoomAdmin(admin.ModelAdmin):
+class RoomAdmin(RecordAdmin):
     list_display = ("name", "last_event_id", "created_at")
     search_fields = ("name",)
 
@@ -35,7 +50,7 @@ def force_release(modeladmin, request, queryset) -> None:
 
 
 @admin.register(Turn)
-class TurnAdmin(admin.ModelAdmin):
+class TurnAdmin(RecordAdmin):
     list_display = ("id", "room", "speaker", "status", "reason", "claimed_at", "release_at")
     list_filter = ("status", "room", "speaker", "claimed_at")
     search_fields = ("speaker", "id")
@@ -53,7 +68,7 @@ class ChunkInline(admin.TabularInline):
 
 
 @admin.register(Stream)
-class StreamAdmin(admin.ModelAdmin):
+class StreamAdmin(RecordAdmin):
     list_display = (
         "stream_id",
         "kind",
@@ -86,7 +101,7 @@ class StreamAdmin(admin.ModelAdmin):
 
 
 @admin.register(Chunk)
-class ChunkAdmin(admin.ModelAdmin):
+class ChunkAdmin(RecordAdmin):
     list_display = ("stream", "seq", "size", "received_at", "play_start_at")
     list_filter = ("received_at",)
     search_fields = ("stream__stream_id",)
@@ -94,14 +109,14 @@ class ChunkAdmin(admin.ModelAdmin):
 
 
 @admin.register(Utterance)
-class UtteranceAdmin(admin.ModelAdmin):
+class UtteranceAdmin(RecordAdmin):
     list_display = ("room", "speaker", "text", "duration_ms", "heard_ms", "published_at")
     list_filter = ("room", "speaker", "created_at")
     search_fields = ("text", "speaker")
 
 
 @admin.register(RoomEvent)
-class RoomEventAdmin(admin.ModelAdmin):
+class RoomEventAdmin(RecordAdmin):
     list_display = ("room", "seq", "type", "created_at")
     list_filter = ("type", "room", "created_at")
     readonly_fields = ("room", "seq", "type", "payload", "chunk", "created_at")
@@ -115,6 +130,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(SpectatorPresence)
-class SpectatorPresenceAdmin(admin.ModelAdmin):
+class SpectatorPresenceAdmin(RecordAdmin):
     list_display = ("room", "channel_name", "connected_at", "seen_at")
     list_filter = ("room",)

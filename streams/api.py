@@ -67,7 +67,13 @@ class FloorView(APIView):
                 field="force",
                 status_code=403,
             )
-        requested = request.query_params.get("speaker") or request.data.get("speaker")
+        requested = request.query_params.get("speaker")
+        if not requested:
+            body = FloorClaimSerializer(data=request.data if isinstance(request.data, dict) else [])
+            body.is_valid(raise_exception=True)
+            requested = body.validated_data["speaker"]
+        if requested is not None:
+            services.validate_speaker(requested)
         speaker = resolve_speaker(principal, requested, "agent") if not force else requested
         turn = services.floor_yield(room_name=room, speaker=speaker, force=force)
         return Response(selectors.turn_as_dict(turn))

@@ -103,13 +103,17 @@ def _poll_params(request: HttpRequest) -> tuple[int, list[str] | None, float]:
 def _poll_once(room_name: str, after: int, types: list[str] | None) -> tuple[list, int]:
     room = Room.objects.filter(name=room_name).first()
     if room is None:
-        return [], after
+        return [], 0  # no log yet: it starts at 0
     # Read the high-water mark first: everything up to it is committed and examined.
     last_id = room.last_event_id
-    events = selectors.events_after(room, after=after, types=types, up_to=last_id)
-    if events and len(events) == selectors.EVENT_PAGE:
+    if after > last_id:
+        # The client is ahead of the log (an id from elsewhere): say where the log is, as
+        # the spectator socket does, instead of skipping the events in between for good.
+        return [], last_id
+    events, more = selectors.events_after(room, after=after, types=types, up_to=last_id)
+    if more:
         last_id = events[-1]["id"]
-    return events, max(last_id, after)
+    return events, last_id
 
 
 async def room_events_view(request: HttpRequest, room: str) -> JsonResponse:
@@ -122,6 +126,7 @@ async def room_events_view(request: HttpRequest, room: str) -> JsonResponse:
     except ApiError as exc:
         return error_response(exc)
     events, last_id = await runtime.run_db(_poll_once, room, after, types)
+    after = min(after, last_id)
     if events or wait <= 0:
         return JsonResponse({"events": events, "last_id": last_id})
     layer = get_channel_layer()

@@ -89,7 +89,9 @@ def stream_as_dict(stream: Stream) -> dict[str, Any]:
         "missing_seqs": stream_missing_seqs(stream),
         "playback_ends_at": iso(stream.playback_ends_at),
         "heard_ms": stream.heard_ms,
-        "speech_text": stream.speech_text,
+        # The text is published when playback ends (or is cut), never before: a spectator
+        # polling this endpoint must not read what has not been said yet.
+        "speech_text": stream.speech_text if stream.ended_at is not None else None,
         "created_at": iso(stream.created_at),
         "finalized_at": iso(stream.finalized_at),
         "ended_at": iso(stream.ended_at),
@@ -159,6 +161,9 @@ def room_snapshot(room_name: str) -> dict[str, Any]:
 
 
 EVENT_PAGE = 500
+# A page also stops once it carries this much audio: 500 chunks of up to 1 MiB each would
+# be hundreds of MB of JSON built in memory.
+EVENT_PAGE_AUDIO_BYTES = 4 * 1024 * 1024
 
 
 def events_after(
@@ -168,14 +173,26 @@ def events_after(
     types: list[str] | None = None,
     up_to: int | None = None,
     limit: int = EVENT_PAGE,
-) -> list[dict[str, Any]]:
-    """Stored events with after < id (<= up_to), in order, audio bytes included."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """Stored events with after < id (<= up_to), in order, audio bytes included.
+
+    Returns (page, more): `more` is True when the page stopped at its count or audio budget
+    before the end, so the caller must not skip past its last id.
+    """
     queryset = RoomEvent.objects.filter(room=room, seq__gt=after).select_related("chunk")
     if up_to is not None:
         queryset = queryset.filter(seq__lte=up_to)
     if types:
         queryset = queryset.filter(type__in=types)
-    return [hydrate(event, room.name) for event in queryset.order_by("seq")[:limit]]
+    page: list[dict[str, Any]] = []
+    audio_bytes = 0
+    for event in queryset.order_by("seq")[: limit + 1]:
+        if len(page) == limit or (page and audio_bytes >= EVENT_PAGE_AUDIO_BYTES):
+            return page, True
+        page.append(hydrate(event, room.name))
+        if event.chunk is not None:
+            audio_bytes += event.chunk.size
+    return page, False
 
 
 def active_stream_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:

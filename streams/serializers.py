@@ -64,81 +64,103 @@ class AudioAckSerializer(serializers.Serializer):
     missing_seqs = serializers.ListField(child=serializers.IntegerField(), required=False)
 
 
-def _is_int(value: Any) -> bool:
-    return type(value) is int  # not bool, not "5", not 5.0: DRF decides those
+INTEGER_FIELDS = {"sample_rate_hz": 24000, "channels": 1, "bytes_per_sample": 2}
+MAX_SEQ = 2**31 - 1
+MAX_SPEECH_TEXT = 20000
 
 
-def _clean_text(value: Any, *, blank: bool, ascii_only: bool = True) -> str | None:
-    """A CharField's value as DRF would clean it, or None when DRF must decide."""
-    if type(value) is not str or "\x00" in value:
-        return None
-    if ascii_only and not value.isascii():
-        return None
-    text = value.strip()
+def _invalid(field: str, detail: str) -> ApiError:
+    return ApiError(f"invalid_{field}", detail, field=field)
+
+
+def _text(values: dict, field: str, default: str | None, *, blank: bool) -> str | None:
+    """A string field of a JSON body, stripped as DRF's CharField would; strictly a string."""
+    if field not in values:
+        if default is None:
+            raise _invalid(field, f"{field} is required.")
+        return default
+    value = values[field]
+    if type(value) is not str:
+        raise _invalid(field, f"{field} must be a string, not {type(value).__name__}.")
+    if "\x00" in value:
+        raise _invalid(field, f"{field} must not contain NUL characters.")
+    # Names are taken as sent (" bob" is no name); only the spoken text is trimmed.
+    text = value.strip() if field == "speech_text" else value
     if not blank and not text:
-        return None
+        raise _invalid(field, f"{field} may not be blank.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _invalid(field, f"{field} contains a lone surrogate, which is not text.") from exc
     return text
 
 
-def _plain_chunk_fields(values: dict) -> dict[str, Any] | None:
-    """AudioChunkSerializer's validated_data for well-typed JSON, without DRF.
+def json_chunk_fields(values: dict) -> dict[str, Any]:
+    """A JSON chunk's fields, typed strictly: JSON has numbers, booleans and strings, so
+    `"seq": "1"` or `"done": "yes"` is a client bug to report, not to guess at.
 
-    DRF's field machinery cost more per chunk than the database did (docs/benchmarks.md).
-    This only accepts what the serializer would accept unchanged; anything else (a missing
-    field, a string where a number goes, a lone surrogate, ...) returns None and goes through
-    the serializer, which then writes the error, so errors are exactly DRF's.
+    Plain Python rather than AudioChunkSerializer (which still describes the body in the
+    OpenAPI schema and validates the raw-body form's query strings): DRF's field machinery
+    cost more per chunk than the database did (docs/benchmarks.md).
     """
-    stream_id, seq = values.get("stream_id"), values.get("seq")
-    data = values.get("data", "")
-    if type(stream_id) is not str or "\x00" in stream_id or not stream_id.isascii():
-        return None
-    if not _is_int(seq) or not 0 <= seq <= 2**31 - 1:
-        return None
-    if type(data) is not str or not data.isascii() or "\x00" in data:
-        return None
+    seq = values.get("seq")
+    if "seq" not in values:
+        raise _invalid("seq", "seq is required.")
+    if type(seq) is not int:
+        raise _invalid("seq", f"seq must be an integer, not {json_type(seq)}.")
+    if not 0 <= seq <= MAX_SEQ:
+        raise _invalid("seq", f"seq must be between 0 and {MAX_SEQ}.")
     done = values.get("done", False)
     if type(done) is not bool:
-        return None
-    speech_text = values.get("speech_text", "")
-    if speech_text != "":
-        speech_text = _clean_text(speech_text, blank=True, ascii_only=False)
-        if speech_text is None or len(speech_text) > 20000:
-            return None
-        try:
-            speech_text.encode("utf-8")  # a lone surrogate: DRF's error
-        except UnicodeEncodeError:
-            return None
-    room = _clean_text(values.get("room", "default"), blank=False)
+        raise _invalid("done", f"done must be true or false, not {json_type(done)}.")
+    data = values.get("data", "")
+    if type(data) is not str:
+        raise ApiError(
+            "bad_base64", f"data must be a base64 string, not {json_type(data)}.", field="data"
+        )
+    speech_text = _text(values, "speech_text", "", blank=True)
+    if len(speech_text) > MAX_SPEECH_TEXT:
+        raise _invalid("speech_text", f"speech_text may have at most {MAX_SPEECH_TEXT} characters.")
     speaker = values.get("speaker")
-    if speaker is not None:
-        speaker = _clean_text(speaker, blank=False)
-    if room is None or (speaker is None and values.get("speaker") is not None):
-        return None
-    fields = {
-        "stream_id": stream_id,
+    fields: dict[str, Any] = {
+        "stream_id": _text(values, "stream_id", None, blank=True),
         "seq": seq,
         "data": data,
         "done": done,
         "speech_text": speech_text,
-        "room": room,
-        "speaker": speaker,
+        "room": _text(values, "room", "default", blank=False),
+        "speaker": None if speaker is None else _text(values, "speaker", None, blank=False),
     }
-    for name, default in (("sample_rate_hz", 24000), ("channels", 1), ("bytes_per_sample", 2)):
-        value = values.get(name, default)
-        if not _is_int(value):
-            return None
-        fields[name] = value
+    for field, default in INTEGER_FIELDS.items():
+        value = values.get(field, default)
+        if type(value) is not int:
+            raise _invalid(field, f"{field} must be an integer, not {json_type(value)}.")
+        fields[field] = value
     speed = values.get("playback_speed", 1.0)
     if type(speed) not in (int, float) or not math.isfinite(speed):
-        return None
+        raise _invalid("playback_speed", f"playback_speed must be a number, not {speed!r}.")
     fields["playback_speed"] = float(speed)
     return fields
 
 
+def json_type(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        str: "a string",
+        float: "a decimal number",
+        list: "a list",
+        dict: "an object",
+    }
+    if value is None:
+        return "null"
+    return names.get(type(value), type(value).__name__)
+
+
 def chunk_from_request(values: dict, *, raw_data: bytes | None, speaker: str) -> ChunkIn:
     """Validate one chunk (JSON or raw body) into a ChunkIn, or raise ApiError with the field."""
-    fields = _plain_chunk_fields(values) if raw_data is None else None
-    if fields is None:
+    if raw_data is None:
+        fields = json_chunk_fields(values)
+    else:  # the raw-body form: every field is a query string, which DRF parses
         serializer = AudioChunkSerializer(data=values)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
@@ -192,8 +214,17 @@ def chunk_from_request(values: dict, *, raw_data: bytes | None, speaker: str) ->
     )
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string, not a number DRF would turn into one."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class FloorClaimSerializer(serializers.Serializer):
-    speaker = serializers.CharField(required=False, allow_null=True, default=None)
+    speaker = StrictCharField(required=False, allow_null=True, default=None)
 
 
 class TurnSerializer(serializers.Serializer):

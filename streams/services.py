@@ -49,7 +49,7 @@ MAX_STREAM_ID_LENGTH = 128
 
 
 def validate_room_name(name: str) -> str:
-    if not isinstance(name, str) or not ROOM_NAME_RE.match(name):
+    if not isinstance(name, str) or not ROOM_NAME_RE.fullmatch(name):
         raise ApiError(
             "invalid_room",
             "room must be 1-64 characters of letters, digits, '.', '_' or '-'.",
@@ -59,7 +59,7 @@ def validate_room_name(name: str) -> str:
 
 
 def validate_speaker(name: Any) -> str:
-    if not isinstance(name, str) or not SPEAKER_RE.match(name):
+    if not isinstance(name, str) or not SPEAKER_RE.fullmatch(name):
         raise ApiError(
             "invalid_speaker",
             "speaker must be 1-128 characters of letters, digits, '.', '_', ':', '@' or '-'.",
@@ -79,7 +79,7 @@ def validate_stream_id(stream_id: Any) -> str:
             f"stream_id must be at most {MAX_STREAM_ID_LENGTH} characters.",
             field="stream_id",
         )
-    if not STREAM_ID_RE.match(stream_id):
+    if not STREAM_ID_RE.fullmatch(stream_id):
         raise ApiError(
             "invalid_stream_id",
             "stream_id may only contain letters, digits and '.', '_', ':', '-'.",

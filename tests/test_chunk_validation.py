@@ -1,4 +1,4 @@
-"""POST /audio's plain validation agrees with AudioChunkSerializer, which stays the reference."""
+"""POST /audio's JSON validation: strict about JSON types, otherwise as AudioChunkSerializer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from streams.serializers import AudioChunkSerializer, _plain_chunk_fields
+from streams.errors import ApiError
+from streams.serializers import AudioChunkSerializer, chunk_from_request, json_chunk_fields
 
 BASE = {"stream_id": "s-1", "seq": 3, "data": "AAAA"}
 
@@ -63,22 +64,51 @@ def serializer_fields(values: dict) -> dict | None:
 
 
 def check(values: dict) -> None:
-    plain = _plain_chunk_fields(values)
-    if plain is not None:  # None: the serializer decides (and writes the error)
-        assert plain == serializer_fields(values), values
+    """What the JSON path accepts, the serializer accepts too, with the same values; what
+    the serializer refuses, the JSON path refuses (it may refuse more: strings for numbers)."""
+    try:
+        chunk_from_request(values, raw_data=None, speaker="a")  # with the later checks
+    except ApiError as exc:
+        assert exc.field is not None and exc.status_code == 400, values
+        return
+    assert json_chunk_fields(values) == serializer_fields(values), values
 
 
 @pytest.mark.parametrize("changes", CASES)
-def test_plain_validation_accepts_only_what_the_serializer_accepts_unchanged(changes):
+def test_json_validation_accepts_only_what_the_serializer_accepts_unchanged(changes):
     values = {**BASE, **changes}
     check(values)
     for key in BASE:  # a required field missing
         check({k: v for k, v in values.items() if k != key})
 
 
-def test_the_common_chunk_takes_the_plain_path():
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"seq": "1"}, "seq"),
+        ({"seq": 4.0}, "seq"),
+        ({"seq": True}, "seq"),
+        ({"done": "yes"}, "done"),
+        ({"done": 1}, "done"),
+        ({"stream_id": 5}, "stream_id"),
+        ({"room": 5}, "room"),
+        ({"speaker": False}, "speaker"),
+        ({"sample_rate_hz": "16000"}, "sample_rate_hz"),
+        ({"sample_rate_hz": 16000.0}, "sample_rate_hz"),
+        ({"playback_speed": "1.5"}, "playback_speed"),
+        ({"data": 5}, "data"),
+        ({"speech_text": ["a"]}, "speech_text"),
+    ],
+)
+def test_json_types_are_strict(changes, field):
+    with pytest.raises(ApiError) as caught:
+        json_chunk_fields({**BASE, **changes})
+    assert caught.value.field == field
+
+
+def test_the_common_chunk_is_accepted():
     values = {**BASE, "done": False, "speech_text": "", "room": "r", "speaker": "a"}
-    assert _plain_chunk_fields(values) is not None
+    assert json_chunk_fields(values)["seq"] == 3
 
 
 def test_random_values_agree_with_the_serializer():

@@ -157,7 +157,9 @@ async def test_spectators_are_read_only_and_survive_it():
     await spectator.send_to(bytes_data=b"\x00\x01")
     assert (await spectator.receive_json_from())["error"] == "read_only"
     await spectator.send_to(text_data="not json at all")
-    assert (await spectator.receive_json_from())["error"] == "read_only"
+    error = await spectator.receive_json_from()
+    assert (error["error"], error["room"]) == ("read_only", "r1")
+    assert isinstance(error["id"], int) and error["ts"].endswith("Z")
     async with http() as client:
         await post(client, seq=0, data=TENTH)
     assert (await spectator.receive_json_from())["type"] == "turn"
@@ -165,7 +167,14 @@ async def test_spectators_are_read_only_and_survive_it():
 
 
 @pytest.mark.parametrize(
-    ("query", "error"), [("room=bad%20room", "invalid_room"), ("room=r1&after=x", "invalid_after")]
+    ("query", "error"),
+    [
+        ("room=bad%20room", "invalid_room"),
+        ("room=r1&after=x", "invalid_after"),
+        ("room=r1&after=%C2%B2", "invalid_after"),  # a superscript two: a digit, not 0-9
+        ("room=r1&after=%D9%A3", "invalid_after"),  # an Arabic-Indic three
+        ("room=lob%0A", "invalid_room"),  # a trailing newline
+    ],
 )
 async def test_bad_spectator_query_gets_an_error_and_a_close(query, error):
     communicator = WebsocketCommunicator(application, f"/spectate/ws?{query}")
@@ -173,6 +182,7 @@ async def test_bad_spectator_query_gets_an_error_and_a_close(query, error):
     assert connected
     message = await communicator.receive_json_from()
     assert (message["type"], message["error"]) == ("error", error)
+    assert {"id", "room", "ts"} <= message.keys()  # like every message
     assert (await communicator.receive_output())["type"] == "websocket.close"
 
 

@@ -155,7 +155,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["streams.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["streams.auth.WritesNeedKeyWhenRequired"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "streams.pagination.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "streams.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,

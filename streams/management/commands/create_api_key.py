@@ -1,6 +1,7 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from streams.auth import api_key_create
+from streams.errors import ApiError
 from streams.services import validate_speaker
 
 
@@ -14,6 +15,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, speaker: str, moderator: bool, **options) -> None:
-        validate_speaker(speaker)
+        try:
+            validate_speaker(speaker)
+        except ApiError as exc:
+            raise CommandError(exc.detail) from exc
         _, raw = api_key_create(speaker=speaker, moderator=moderator)
         self.stdout.write(raw)
