@@ -30,6 +30,15 @@ CHUNK_FIELDS: dict[str, Any] = {
 
 ACK = {
     "type": "object",
+    "required": [
+        "stream_id",
+        "seq",
+        "duplicate",
+        "received_bytes",
+        "received_chunks",
+        "done",
+        "status",
+    ],
     "properties": {
         "stream_id": {"type": "string"},
         "seq": {"type": "integer"},
@@ -65,6 +74,7 @@ def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool
     result["paths"]["/audio"] = {
         "post": {
             "operationId": "audio_chunk",
+            "security": [{"apiKey": []}, {}],
             "summary": "Send one chunk of a stream (the seed's POST /audio)",
             "tags": ["audio"],
             "parameters": [

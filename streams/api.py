@@ -18,9 +18,14 @@ from streams.models import Chunk, Stream
 from streams.serializers import (
     ErrorSerializer,
     FloorClaimSerializer,
+    FloorHeldSerializer,
+    StateSerializer,
     StreamSerializer,
     TurnSerializer,
 )
+
+# Errors every write may answer: bad input, no key, a key that may not do this, bad media.
+WRITE_ERRORS = {400: ErrorSerializer, 401: ErrorSerializer, 403: ErrorSerializer}
 
 
 def _principal(request: Request) -> Speaker | None:
@@ -30,7 +35,13 @@ def _principal(request: Request) -> Speaker | None:
 class FloorView(APIView):
     @extend_schema(
         request=FloorClaimSerializer,
-        responses={200: TurnSerializer, 201: TurnSerializer, 409: ErrorSerializer},
+        responses={
+            200: TurnSerializer,
+            201: TurnSerializer,
+            409: FloorHeldSerializer,
+            415: ErrorSerializer,
+            **WRITE_ERRORS,
+        },
         summary="Claim the room's floor",
     )
     def post(self, request: Request, room: str) -> Response:
@@ -50,7 +61,7 @@ class FloorView(APIView):
             OpenApiParameter("speaker", str, description="who gives the floor up"),
             OpenApiParameter("force", bool, description="moderator: cut the holder off"),
         ],
-        responses={200: TurnSerializer, 403: ErrorSerializer, 409: ErrorSerializer},
+        responses={200: TurnSerializer, 409: ErrorSerializer, **WRITE_ERRORS},
         summary="Give the floor up, or cut the speaker off (?force=1)",
     )
     def delete(self, request: Request, room: str) -> Response:
@@ -80,7 +91,9 @@ class FloorView(APIView):
 
 
 class RoomView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="The room's state snapshot")
+    @extend_schema(
+        responses={200: StateSerializer, 400: ErrorSerializer}, summary="The room's state snapshot"
+    )
     def get(self, request: Request, room: str) -> Response:
         services.validate_room_name(room)
         return Response(selectors.room_snapshot(room))
@@ -99,6 +112,7 @@ class StreamListView(generics.ListAPIView):
             OpenApiParameter("status", str, enum=sorted(STREAM_STATUSES)),
         ],
         summary="Streams, newest first",
+        responses={200: StreamSerializer(many=True), 400: ErrorSerializer},
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)

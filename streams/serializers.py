@@ -243,6 +243,43 @@ class ErrorSerializer(serializers.Serializer):
     field = serializers.CharField(allow_null=True, required=False)
 
 
+class FloorHeldSerializer(ErrorSerializer):
+    """409 `floor_held`: who holds the floor and when it is expected back."""
+
+    holder = serializers.CharField()
+    turn_id = serializers.CharField()
+    expected_release_at = serializers.DateTimeField(allow_null=True)
+
+
+class StateStreamSerializer(serializers.Serializer):
+    stream_id = serializers.CharField()
+    speaker = serializers.CharField()
+    status = serializers.CharField()
+    sample_rate_hz = serializers.IntegerField()
+    channels = serializers.IntegerField()
+    bytes_per_sample = serializers.IntegerField()
+    playback_speed = serializers.FloatField()
+    bytes = serializers.IntegerField()
+    chunks = serializers.IntegerField()
+    duration_ms = serializers.IntegerField()
+    playhead_ms = serializers.IntegerField()
+    playback_ends_at = serializers.DateTimeField(allow_null=True)
+
+
+class StateSerializer(serializers.Serializer):
+    """GET /api/rooms/{room}, the same shape as the `state` event."""
+
+    type = serializers.CharField()
+    id = serializers.IntegerField()
+    room = serializers.CharField()
+    ts = serializers.DateTimeField()
+    speaker = serializers.CharField(allow_null=True)
+    turn = TurnSerializer(allow_null=True)
+    stream = StateStreamSerializer(allow_null=True)
+    spectators = serializers.IntegerField()
+    last_event_id = serializers.IntegerField()
+
+
 class StreamSerializer(serializers.Serializer):
     stream_id = serializers.CharField()
     kind = serializers.CharField()
@@ -260,4 +297,9 @@ class StreamSerializer(serializers.Serializer):
     missing_seqs = serializers.ListField(child=serializers.IntegerField())
     playback_ends_at = serializers.DateTimeField(allow_null=True)
     heard_ms = serializers.IntegerField(allow_null=True)
-    speech_text = serializers.CharField()
+    speech_text = serializers.CharField(
+        allow_null=True, help_text="null until playback ended or was cut"
+    )
+    created_at = serializers.DateTimeField()
+    finalized_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(allow_null=True)

@@ -48,3 +48,25 @@ def test_every_middleware_is_async_capable():
 
     for path in settings.MIDDLEWARE:
         assert getattr(import_string(path), "async_capable", False), path
+
+
+def _properties(schema: dict, ref: str) -> set[str]:
+    return set(schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_real_answers_have_the_schemas_fields(client, post_chunk):
+    schema = client.get("/openapi.json").json()
+    post_chunk(seq=0, data=b"\0\0" * 100)
+    paths = schema["paths"]
+
+    def ref(path: str, method: str, code: str) -> str:
+        content = paths[path][method]["responses"][code]["content"]["application/json"]
+        return content["schema"]["$ref"]
+
+    stream = client.get("/api/streams/s1").json()
+    assert set(stream) == _properties(schema, ref("/api/streams/{stream_id}", "get", "200"))
+    state = client.get("/api/rooms/r1").json()
+    assert set(state) == _properties(schema, ref("/api/rooms/{room}", "get", "200"))
+    held = client.post("/api/rooms/r1/floor", {"speaker": "bob"}, "application/json").json()
+    assert set(held) == _properties(schema, ref("/api/rooms/{room}/floor", "post", "409"))
