@@ -57,6 +57,11 @@ LUA_SCRIPT = BENCH_DIR / "ingest.lua"
 BYTES_PER_MS = 48  # 24 kHz, mono, 16-bit
 QUIET_PCT = 10.0  # others' CPU (% of the machine) above which a measurement is noisy
 QUIET_MARGIN_S = 1.0  # a sample is quiet if others were quiet from this long before it
+# The yardstick: a bare view on the same handler as POST /audio (the lean API handler,
+# config/handlers.py), and the same view on Django's default middleware stack, as in a
+# stock project (the issue's reference numbers).
+BARE_PATH = "/bench/bare"
+STOCK_BARE_PATH = "/bench-stock/bare"
 TARGETS = {"lateness_p99_ms": 5.0, "chunk_p99_ms": 20.0, "ingest_ratio": 0.60}
 BACKENDS = {
     "embedded": "embedded (SQLite + in-memory layer)",
@@ -677,9 +682,9 @@ def throughput_phase(
         raise BenchError("wrk is not installed (apt-get install -y wrk)")
     options = {"connections": args.wrk_connections, "per_stream": args.chunks_per_stream}
     # Warm both paths up (imports, connection pools, SQLite page cache) before measuring.
-    for path in ("/bench/bare", "/audio"):
+    for path in (BARE_PATH, STOCK_BARE_PATH, "/audio"):
         wrk_run(server, path, seconds=args.wrk_warmup, **options)
-    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "ingest": []}
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "stock": [], "ingest": []}
     quiet_pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     # Bare and ingest alternate in pairs; a pair is quiet when other processes stayed under
     # QUIET_PCT during both runs. Noisy pairs earn up to --extra-rounds more pairs.
@@ -689,7 +694,7 @@ def throughput_phase(
         if round_ >= args.rounds:
             log(f"  only {len(quiet_pairs)} quiet pair(s) so far: one more round")
         pair = []
-        for kind, path in (("bare", "/bench/bare"), ("ingest", "/audio")):
+        for kind, path in (("bare", BARE_PATH), ("stock", STOCK_BARE_PATH), ("ingest", "/audio")):
             with Profiler(profile_dir, server.pid, f"{backend}-{kind}-{round_}"):
                 last = wrk_run(server, path, seconds=args.wrk_seconds, **options)
             runs[kind].append(last)
@@ -702,12 +707,13 @@ def throughput_phase(
                 f"others {last['others_pct']:.0f}%"
             )
         if all(r["others_pct"] < QUIET_PCT for r in pair):
-            quiet_pairs.append((pair[0], pair[1]))
+            quiet_pairs.append((pair[0], pair[2]))
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else math.nan
 
     bare = mean([r["ok_per_s"] for r in runs["bare"]])
+    stock = mean([r["ok_per_s"] for r in runs["stock"]])
     ingest = mean([r["ok_per_s"] for r in runs["ingest"]])
     quiet_bare = mean([b["ok_per_s"] for b, _ in quiet_pairs])
     quiet_ingest = mean([i["ok_per_s"] for _, i in quiet_pairs])
@@ -719,6 +725,8 @@ def throughput_phase(
         "bare_per_s": bare,
         "ingest_per_s": ingest,
         "ratio": ingest / bare if bare else math.nan,
+        "stock_per_s": stock,
+        "stock_ratio": ingest / stock if stock else math.nan,
         "quiet_bare_per_s": quiet_bare,
         "quiet_ingest_per_s": quiet_ingest,
         "quiet_ratio": quiet_ingest / quiet_bare if quiet_pairs else math.nan,
@@ -912,9 +920,19 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
         lambda r: "{:.0f}".format(r["throughput"]["ingest_per_s"]),
     )
     row(
-        "bare async view, req/s (mean of all rounds)",
+        "bare async view, same API handler as /audio, req/s (mean of all rounds)",
         "",
         lambda r: "{:.0f}".format(r["throughput"]["bare_per_s"]),
+    )
+    row(
+        "bare async view, Django's default middleware (stock project), req/s",
+        "",
+        lambda r: "{:.0f}".format(r["throughput"].get("stock_per_s", math.nan)),
+    )
+    row(
+        "  ingest / stock bare view (for reference)",
+        "",
+        lambda r: "{:.0%}".format(r["throughput"].get("stock_ratio", math.nan)),
     )
     row(
         "ingest / bare, all rounds",
@@ -936,9 +954,9 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
             kind: sum(x["server_cpu_ms_per_req"] for x in runs) / len(runs)
             for kind, runs in r["throughput"]["runs"].items()
         }
-        return f"{per['bare']:.2f} / {per['ingest']:.2f}"
+        return f"{per['bare']:.2f} / {per.get('stock', math.nan):.2f} / {per['ingest']:.2f}"
 
-    row("  daphne CPU ms per request: bare / ingest", "", cpu)
+    row("  daphne CPU ms per request: bare / stock bare / ingest", "", cpu)
     row("  wrk errors (non-2xx, timeouts)", "0", lambda r: str(r["throughput"]["errors"]))
 
     def noise(r: dict[str, Any]) -> str:
