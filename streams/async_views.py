@@ -123,6 +123,9 @@ async def room_events_view(request: HttpRequest, room: str) -> JsonResponse:
     try:
         services.validate_room_name(room)
         after, types, wait = _poll_params(request)
+        if authorization := request.headers.get("Authorization"):
+            # Reading needs no key, but a wrong one is the client's mistake to hear about.
+            await runtime.run_db(authenticate, authorization)
     except ApiError as exc:
         return error_response(exc)
     events, last_id = await runtime.run_db(_poll_once, room, after, types)

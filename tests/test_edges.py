@@ -105,3 +105,9 @@ def test_create_api_key_refuses_a_bad_name_with_a_command_error():
 
     with pytest.raises(CommandError, match="speaker"):
         call_command("create_api_key", "bad name")
+
+
+def test_a_wrong_key_is_refused_on_the_long_poll_too(client):
+    response = client.get("/api/rooms/r1/events", HTTP_AUTHORIZATION="Bearer pk_nope")
+    assert error_of(response, 401)["error"] == "invalid_api_key"
+    assert client.get("/api/rooms/r1/events").status_code == 200  # no key: fine

@@ -201,7 +201,7 @@ def test_create_api_key_prints_once_and_stores_a_hash():
 
 def test_auth_required_rejects_anonymous_writes(client, settings):
     settings.PARLEY_REQUIRE_AUTH = True
-    assert_error(claim(client), 401, "not_authenticated", None)
+    assert_error(claim(client), 401, "auth_required", "Authorization")  # as POST /audio says it
     response = client.post("/audio", {"stream_id": "s", "seq": 0, "data": ""}, "application/json")
     assert_error(response, 401, "auth_required", "Authorization")
     assert client.get("/api/rooms/r1").status_code == 200  # reads stay open
