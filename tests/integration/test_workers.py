@@ -117,8 +117,9 @@ async def test_fifty_concurrent_streams_each_release_exactly_once(deployment):
     assert min(lateness) >= 0, "never released before the predicted end"
     lateness.sort()
     # Loose bounds: 150 requests and 50 releases share 2 cores with the test's own 100
-    # sockets (and, in CI, whatever else runs). bench/ measures lateness on a quiet machine.
-    assert lateness[len(lateness) // 2] < 0.5, lateness
+    # sockets (and, in CI, whatever else runs); here the median is 15-30 ms. bench/ measures
+    # lateness on a quiet machine.
+    assert lateness[len(lateness) // 2] < 0.25, lateness
     assert lateness[-1] < 2.0, lateness
 
 
