@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from speech.encoding import (
-    CODECS,
     CONTENT_TYPES,
+    bitrate_kbps,
     encode,
     output_rate,
     spawn,
@@ -26,7 +26,7 @@ from speech.encoding import (
 class Quality:
     sample_rate_hz: int
     # speech's streaming_quality: soxr LQ/HQ/VHQ resampling; mp3/aac 64/128/192k,
-    # opus 32/64/128k, flac compression level 0/5/8.
+    # opus 32/64/128k (each capped at what the codec does at the rate), flac level 0/5/8.
     level: str
 
 
@@ -58,9 +58,9 @@ class Encoding:
 
     @property
     def bitrate(self) -> str | None:
-        codec = CODECS.get(self.format)
-        args = codec.quality_args[self.level] if codec else ()
-        return args[1] if args[:1] == ("-b:a",) else None
+        """What the encoder is asked for (capped at what it can do at this rate)."""
+        kbps = bitrate_kbps(self.format, self.sample_rate_hz, self.level)
+        return f"{kbps}k" if kbps is not None else None
 
     def headers(self) -> dict[str, str]:
         headers = {

@@ -9,6 +9,27 @@ from chat.encoding import FORMATS, QUALITIES
 MAX_TEXT = 4096
 
 
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only JSON strings: DRF's would turn 5 into "5" and True into
+    "True". Lone surrogates ("\\ud800") are refused too: they cannot be stored or encoded."""
+
+    default_error_messages = {
+        "invalid": "Not a valid string.",
+        "surrogate": "Not valid Unicode text (it contains a lone surrogate).",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            # code "invalid": the error is invalid_<field>, like every other bad value.
+            message = self.error_messages["surrogate"]
+            raise serializers.ValidationError(message, code="invalid") from None
+        return super().to_internal_value(data)
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not know, so a typo is an error instead of a silent default."""
 
@@ -33,7 +54,7 @@ def _choice(choices, default: str) -> serializers.ChoiceField:
 
 
 def _voice() -> serializers.CharField:
-    return serializers.CharField(
+    return StrictCharField(
         required=False, allow_null=True, max_length=128, help_text="an engine or stored voice"
     )
 
@@ -43,10 +64,10 @@ def _speed() -> serializers.FloatField:
 
 
 class ChatRequestSerializer(StrictSerializer):
-    text = serializers.CharField(max_length=MAX_TEXT)
+    text = StrictCharField(max_length=MAX_TEXT)
     use_tts = serializers.BooleanField(default=False)
     stream_audio = serializers.BooleanField(default=False)
-    user = serializers.CharField(required=False, allow_null=True, max_length=128)
+    user = StrictCharField(required=False, allow_null=True, max_length=128)
 
 
 class ChatResponseSerializer(serializers.Serializer):
@@ -60,7 +81,7 @@ class ChatResponseSerializer(serializers.Serializer):
 
 
 class AudioStreamRequestSerializer(StrictSerializer):
-    text = serializers.CharField(max_length=MAX_TEXT)
+    text = StrictCharField(max_length=MAX_TEXT)
     chunk_size = serializers.IntegerField(default=4096, min_value=256, max_value=1024 * 1024)
     format = _choice(FORMATS, "wav")
     quality = _choice(QUALITIES, "medium")
@@ -69,9 +90,9 @@ class AudioStreamRequestSerializer(StrictSerializer):
 
 
 class SayRequestSerializer(StrictSerializer):
-    speaker = serializers.CharField(required=False, allow_null=True, max_length=128)
-    text = serializers.CharField(max_length=MAX_TEXT)
+    speaker = StrictCharField(required=False, allow_null=True, max_length=128)
+    text = StrictCharField(max_length=MAX_TEXT)
     voice = _voice()
     speed = _speed()
-    stream_id = serializers.CharField(required=False, allow_null=True, max_length=128)
+    stream_id = StrictCharField(required=False, allow_null=True, max_length=128)
     chunk_ms = serializers.IntegerField(default=200, min_value=20, max_value=2000)

@@ -17,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError
 
 from chat import services
+from chat.cors import cors
 from chat.encoding import encoded, encoding_for, fixed_pieces
 from chat.say import SayIn, room_say
 from chat.serializers import (
@@ -37,7 +38,6 @@ AUDIO_FILE_NOT_FOUND = "Audio file not found"
 STREAM_HEADERS = {
     "Cache-Control": "no-cache, no-store",
     "X-Accel-Buffering": "no",  # nginx: pass each piece on as it comes
-    "Access-Control-Allow-Origin": "*",
 }
 
 View = Callable[..., Awaitable[HttpResponse]]
@@ -105,6 +105,7 @@ def streaming(body, content_type: str, extra: dict[str, str] | None = None) -> H
     return response
 
 
+@cors("POST")
 @endpoint("POST", seed=True)
 async def chat_view(request: HttpRequest) -> HttpResponse:
     """POST /chat: the answer, and with use_tts its audio as a file URL or a stream URL."""
@@ -130,6 +131,7 @@ async def chat_view(request: HttpRequest) -> HttpResponse:
     return JsonResponse(services.chat_response(exchange))
 
 
+@cors("GET")
 @endpoint("GET", seed=True)
 async def audio_stream_get_view(request: HttpRequest, request_id: str) -> HttpResponse:
     """GET /audio/stream/{request_id}: the answer's WAV, 4 KB pieces, while it is synthesized."""
@@ -145,6 +147,7 @@ async def audio_stream_get_view(request: HttpRequest, request_id: str) -> HttpRe
     return response
 
 
+@cors("GET")
 @endpoint("GET", seed=True)
 async def audio_file_view(request: HttpRequest, request_id: str) -> HttpResponse:
     """GET /audio/{request_id}.wav: the saved answer of a POST /chat with stream_audio false."""
@@ -153,10 +156,10 @@ async def audio_file_view(request: HttpRequest, request_id: str) -> HttpResponse
         return seed_error(AUDIO_FILE_NOT_FOUND, 404)
     response = HttpResponse(wav, content_type="audio/wav")
     response["Content-Disposition"] = f'inline; filename="{request_id}.wav"'
-    response["Access-Control-Allow-Origin"] = "*"
     return response
 
 
+@cors("POST")
 @endpoint("POST", seed=True)
 async def audio_stream_post_view(request: HttpRequest) -> HttpResponse:
     """POST /audio/stream: any text straight to audio in `format` at `quality`, piece by piece."""

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -54,6 +55,31 @@ def _seed_error(exc: ApiError) -> JsonResponse:
     return JsonResponse({"error": exc.seed_message}, status=status)  # type: ignore[attr-defined]
 
 
+@extend_schema(
+    methods=["POST"],
+    operation_id="streaming_force_stop",
+    summary="Stop a recording session and save its audio (the seed's force stop)",
+    tags=["recordings"],
+    parameters=[
+        OpenApiParameter(KEY_HEADER, str, OpenApiParameter.HEADER, description="the streaming key")
+    ],
+    request={
+        "application/json": {
+            "type": "object",
+            "properties": {name: {"type": "string"} for name in KEY_FIELDS},
+            "description": "the streaming key in one of these fields, if not in the header",
+        },
+        "application/x-www-form-urlencoded": {
+            "type": "object",
+            "properties": {name: {"type": "string"} for name in KEY_FIELDS},
+        },
+    },
+    responses={
+        200: {"type": "object", "properties": {"message": {"type": "string"}}},
+        400: {"type": "object", "properties": {"error": {"type": "string"}}},
+        500: {"type": "object", "properties": {"error": {"type": "string"}}},
+    },
+)
 @csrf_exempt
 async def force_stop_view(request: HttpRequest) -> JsonResponse:
     """POST /streaming/force_stop: the streaming key as X-Streaming-Key or in the body."""
@@ -95,6 +121,19 @@ def _saved_recording(sid: str) -> Recording | None:
     )
 
 
+@extend_schema(
+    methods=["GET"],
+    operation_id="recording_file",
+    summary="A saved recording as WAV, with Range support (206) so players can seek",
+    tags=["recordings"],
+    parameters=[OpenApiParameter("Range", str, OpenApiParameter.HEADER)],
+    responses={
+        (200, "audio/wav"): OpenApiTypes.BINARY,
+        (206, "audio/wav"): OpenApiTypes.BINARY,
+        404: ErrorSerializer,
+        416: OpenApiResponse(description="range not satisfiable"),
+    },
+)
 @csrf_exempt  # read-only: other methods get a 405, not a CSRF page
 async def audio_file_view(request: HttpRequest, sid: str) -> HttpResponse:
     """GET /static/audio/<sid>.wav: the saved WAV, with Range support so players can seek."""

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 from streams.audio import PcmFormat, wav_header
 
+# The sample rates each encoder takes (within 8-48 kHz). Given another, ffmpeg would pick one
+# itself (12345 Hz comes out at 12000 in mp3), so the rate is snapped first and reported.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # OpenAI documents its raw pcm as 24 kHz: an unchanged OpenAI client assumes that rate.
 OPENAI_PCM_RATE = 24000
 
@@ -26,8 +30,11 @@ class Codec:
     content_type: str
     muxer: str
     encoder: str
-    # streaming_quality -> ffmpeg arguments for the encoder
-    quality_args: dict[str, tuple[str, ...]]
+    rates: tuple[int, ...] | None  # None: any rate
+    # streaming_quality -> target bitrate in kbit/s (lossy) ...
+    bitrates: dict[str, int] | None = None
+    # ... or -> compression level (flac)
+    levels: dict[str, int] | None = None
     muxer_args: tuple[str, ...] = ()
 
 
@@ -36,13 +43,15 @@ CODECS: dict[str, Codec] = {
         "audio/mpeg",
         "mp3",
         "libmp3lame",
-        {"fast": ("-b:a", "64k"), "balanced": ("-b:a", "128k"), "high": ("-b:a", "192k")},
+        MP3_RATES,
+        bitrates={"fast": 64, "balanced": 128, "high": 192},
     ),
     "opus": Codec(
         "audio/ogg; codecs=opus",
         "ogg",
         "libopus",
-        {"fast": ("-b:a", "32k"), "balanced": ("-b:a", "64k"), "high": ("-b:a", "128k")},
+        OPUS_RATES,
+        bitrates={"fast": 32, "balanced": 64, "high": 128},
         # One Ogg page per 20 ms frame instead of one per second: bytes leave as they come.
         muxer_args=("-frame_duration", "20", "-page_duration", "20000"),
     ),
@@ -50,19 +59,37 @@ CODECS: dict[str, Codec] = {
         "audio/aac",
         "adts",
         "aac",
-        {"fast": ("-b:a", "64k"), "balanced": ("-b:a", "128k"), "high": ("-b:a", "192k")},
+        AAC_RATES,
+        bitrates={"fast": 64, "balanced": 128, "high": 192},
     ),
-    "flac": Codec(
-        "audio/flac",
-        "flac",
-        "flac",
-        {
-            "fast": ("-compression_level", "0"),
-            "balanced": ("-compression_level", "5"),
-            "high": ("-compression_level", "8"),
-        },
-    ),
+    "flac": Codec("audio/flac", "flac", "flac", None, levels={"fast": 0, "balanced": 5, "high": 8}),
 }
+
+
+def max_bitrate_kbps(response_format: str, sample_rate: int) -> int | None:
+    """The highest bitrate the encoder really produces for mono at ``sample_rate``."""
+    if response_format == "mp3":
+        # LAME: MPEG-1 (32-48 kHz) up to 320, MPEG-2 (16-24 kHz) 160, MPEG-2.5 (8-12 kHz) 64.
+        return 320 if sample_rate >= 32000 else 160 if sample_rate >= 16000 else 64
+    if response_format == "aac":
+        # ffmpeg's aac clamps each 1024-sample frame to 6144 bits per channel.
+        return 6144 * sample_rate // 1024 // 1000
+    if response_format == "opus":
+        return 256  # libopus, one channel
+    return None
+
+
+def bitrate_kbps(response_format: str, sample_rate: int, quality: str) -> int | None:
+    """The bitrate asked of the encoder: the quality's target, capped at what it can do
+    at this rate (so X-Bitrate is what the stream has). None for lossless formats."""
+    codec = CODECS.get(response_format)
+    if codec is None or codec.bitrates is None:
+        return None
+    wanted = codec.bitrates[quality]
+    cap = max_bitrate_kbps(response_format, sample_rate)
+    return min(wanted, cap) if cap is not None else wanted
+
+
 CONTENT_TYPES = {"pcm": "audio/pcm", "wav": "audio/wav"} | {
     name: codec.content_type for name, codec in CODECS.items()
 }
@@ -80,11 +107,12 @@ def output_rate(response_format: str, requested: int | None, *, sse: bool) -> in
     engine is known, so ffmpeg can start while the engine does. wav and the seed's SSE
     describe their rate, so they keep the engine's.
     """
-    if response_format == "opus":
-        # libopus takes only these rates: the nearest one.
+    codec = CODECS.get(response_format)
+    if codec is not None and codec.rates is not None:
+        # The encoder takes only these rates: the nearest one (the higher on a tie).
         wanted = requested or OPENAI_PCM_RATE
-        return min(OPUS_RATES, key=lambda rate: (abs(rate - wanted), -rate))
-    if response_format in CODECS or (response_format == "pcm" and not sse):
+        return min(codec.rates, key=lambda rate: (abs(rate - wanted), -rate))
+    if codec is not None or (response_format == "pcm" and not sse):
         return requested or OPENAI_PCM_RATE
     return requested
 
@@ -102,11 +130,18 @@ def ffmpeg_exe() -> str:
 
 def ffmpeg_command(response_format: str, sample_rate: int, quality: str) -> list[str]:
     codec = CODECS[response_format]
+    kbps = bitrate_kbps(response_format, sample_rate, quality)
+    if kbps is not None:
+        quality_args: tuple[str, ...] = ("-b:a", f"{kbps}k")
+    else:
+        assert codec.levels is not None
+        quality_args = ("-compression_level", str(codec.levels[quality]))
     return [
         ffmpeg_exe(),
         *("-hide_banner", "-nostats", "-loglevel", "error"),
         *("-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"),
-        *("-c:a", codec.encoder, *codec.quality_args[quality], *codec.muxer_args),
+        # -ar again for the output: the encoder gets exactly the input's (supported) rate.
+        *("-c:a", codec.encoder, "-ar", str(sample_rate), *quality_args, *codec.muxer_args),
         # Each packet is written out as soon as it is muxed, not when a buffer fills.
         *("-flush_packets", "1", "-f", codec.muxer, "pipe:1"),
     ]

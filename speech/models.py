@@ -24,7 +24,8 @@ class SpeechJob(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Which surface asked: "speech" (/v1/audio/speech), "stream", "chat", "say", ...
     kind = models.CharField(max_length=32, default="speech")
-    endpoint = models.CharField(max_length=64, blank=True)
+    # The URL path that asked: /api/rooms/{64-char room}/say alone is 79 characters.
+    endpoint = models.CharField(max_length=255, blank=True)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default="queued")
 
     text = models.TextField()

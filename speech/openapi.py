@@ -286,11 +286,17 @@ def speech_paths() -> dict[str, Any]:
     paths["/health"] = _get(
         "health", "Engines and database; 503 when the default engine is unavailable", {}, 503
     )
+    memory = _object({"memory_info": {"type": "object"}, "active_jobs": {"type": "integer"}})
     paths["/memory"] = _get(
         "memory",
         "Process RSS, Python heap, GC counts and active jobs (?cleanup=true runs the GC)",
-        _object({"memory_info": {"type": "object"}, "active_jobs": {"type": "integer"}}),
+        memory,
     )
+    paths["/memory"]["post"] = {
+        **paths["/memory"]["get"],
+        "operationId": "memory_cleanup",
+        "summary": "Run the garbage collector, then report memory as GET /memory does",
+    }
     return paths
 
 
@@ -299,4 +305,69 @@ def add_speech_endpoints(result: dict, generator: Any, request: Any, public: boo
 
     result.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR)
     result.setdefault("paths", {}).update(speech_paths())
+    for path, operations in plain_view_paths(generator).items():
+        result["paths"].setdefault(path, {}).update(operations)
+    # Components the plain views' annotations registered (serializers they name).
+    built = generator.registry.build({}).get("schemas", {})
+    for name, schema in built.items():
+        result["components"]["schemas"].setdefault(name, schema)
     return result
+
+
+# --- plain views annotated with @extend_schema -----------------------------------------------
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _url_callbacks(patterns: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(route regex or pattern, callback) of every URL pattern, includes walked."""
+    from django.urls import URLPattern, URLResolver
+
+    found: list[tuple[str, Any]] = []
+    for pattern in patterns:
+        route = prefix + str(pattern.pattern)
+        if isinstance(pattern, URLResolver):
+            found += _url_callbacks(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern):
+            found.append((route, pattern.callback))
+    return found
+
+
+def plain_view_paths(generator: Any) -> dict[str, dict[str, Any]]:
+    """Operations of plain (non-DRF) views annotated with drf-spectacular's ``@extend_schema``.
+
+    drf-spectacular only introspects DRF views, so an async function view's annotation would
+    be ignored. Here each such view is described through a stand-in APIView carrying the
+    annotation, for every method whose annotation gives a ``summary`` (the convention that
+    marks a method as documented: ``@extend_schema(methods=["POST"], summary=...)``).
+    """
+    from django.urls import get_resolver
+    from drf_spectacular.generators import EndpointEnumerator
+    from drf_spectacular.openapi import AutoSchema
+    from drf_spectacular.settings import spectacular_settings
+    from rest_framework.views import APIView
+
+    enumerator = EndpointEnumerator()
+    paths: dict[str, dict[str, Any]] = {}
+    for route, callback in _url_callbacks(get_resolver().url_patterns):
+        schema_class = getattr(callback, "kwargs", {}).get("schema")
+        if hasattr(callback, "cls") or not (
+            isinstance(schema_class, type) and issubclass(schema_class, AutoSchema)
+        ):
+            continue
+        path = enumerator.get_path_from_regex(route)
+        path = path if path.startswith("/") else f"/{path}"
+        view_class = type(callback.__name__, (APIView,), {"schema": schema_class()})
+        for method in _METHODS:
+            view = view_class()
+            view.args, view.kwargs, view.format_kwarg = (), {}, None
+            view.swagger_fake_view = True
+            view.request = spectacular_settings.GET_MOCK_REQUEST(method, path, view, None)
+            schema = view.schema
+            schema.method = method
+            if not schema.get_summary():
+                continue  # the annotation does not cover this method
+            operation = schema.get_operation(path, route, "", method, generator.registry)
+            if operation:
+                paths.setdefault(path, {})[method.lower()] = operation
+    return paths

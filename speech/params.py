@@ -139,6 +139,16 @@ SPEECH_FIELDS: tuple[FieldSpec, ...] = (
 SPEECH_FIELD_NAMES = frozenset(spec.name for spec in SPEECH_FIELDS)
 
 
+def is_text(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON allows "\\ud800"): it cannot be encoded,
+    so neither an engine nor the database could take it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _invalid(name: str, detail: str) -> ApiError:
     return ApiError(f"invalid_{name}", detail, field=name)
 
@@ -176,6 +186,8 @@ def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
         return _number(spec, value, from_form=from_form)
     if not isinstance(value, str):
         raise _invalid(spec.name, f"{spec.name} must be a string.")
+    if not is_text(value):
+        raise _invalid(spec.name, f"{spec.name} is not valid Unicode text (a lone surrogate).")
     if spec.kind == "enum":
         if value not in spec.choices:
             raise _invalid(

@@ -59,7 +59,7 @@ from django.utils import timezone
 
 from speech.jobs import ALL_JOBS_GROUP, LIVE, job_group
 from speech.models import JobStatus, SpeechJob
-from speech.params import KNOB_DEFAULTS, parse_knobs
+from speech.params import KNOB_DEFAULTS, is_text, parse_knobs
 from speech.tts import (
     OPENAI_MODELS,
     OPENAI_VOICE_TO_ESPEAK,
@@ -192,6 +192,21 @@ def _exaggeration_to_pitch_range(exaggeration: float) -> int:
     return round(50 + (exaggeration - 0.5) / 1.5 * 50)
 
 
+# Piper's noise_w_scale scales the noise of its duration predictor. Past about 1.2 some
+# phonemes are drawn absurdly long (a 2 s sentence came out 38 s at 3.2), so the seed's
+# 0.25-2.0 maps onto 0.4-1.1: audibly flatter or livelier rhythm, the same length.
+PIPER_NOISE_W_RANGE = (0.4, 0.8, 1.1)  # at exaggeration 0.25, 0.5 (default), 2.0
+
+
+def _exaggeration_to_noise_w(exaggeration: float) -> float:
+    low, default, high = PIPER_NOISE_W_RANGE
+    if exaggeration <= 0.5:
+        value = low + (exaggeration - 0.25) / 0.25 * (default - low)
+    else:
+        value = default + (exaggeration - 0.5) / 1.5 * (high - default)
+    return round(value, 4)
+
+
 def engine_params(kind: str, knobs: Mapping[str, Any], given: set[str]) -> dict[str, Any]:
     """What the seed's knobs become for an engine kind (see KNOB_EFFECTS)."""
     if kind == "espeak":
@@ -200,8 +215,8 @@ def engine_params(kind: str, knobs: Mapping[str, Any], given: set[str]) -> dict[
         out: dict[str, Any] = {}
         if "temperature" in given:  # piper's default noise_scale 0.667 at the seed's 0.8
             out["noise_scale"] = round(0.667 * knobs["temperature"] / 0.8, 4)
-        if "exaggeration" in given:  # phoneme-length variation, piper default 0.8 at 0.5
-            out["noise_w_scale"] = round(0.8 * knobs["exaggeration"] / 0.5, 4)
+        if "exaggeration" in given:  # phoneme-length variation, piper's default 0.8 at 0.5
+            out["noise_w_scale"] = _exaggeration_to_noise_w(knobs["exaggeration"])
         return out
     if kind == "openai":
         # Only what the client set: real OpenAI refuses fields it does not know.
@@ -216,10 +231,16 @@ _STREAMING = {
     "response_format": "container/codec of the stream",
     "streaming_chunk_size": "maximum characters of each text piece synthesized on its own",
     "streaming_strategy": "where the text is cut into pieces (each piece ends with a pause)",
-    "streaming_buffer_size": "text pieces synthesized ahead of the client (memory, not audio)",
+    "streaming_buffer_size": (
+        "when sent: a start-up buffer, the first byte waits until N-1 whole text pieces are "
+        "synthesized and they leave together with the first audio of piece N (first-byte "
+        "time for smoothness; 1: no wait); always: at most N pieces synthesized ahead of "
+        "the piece being sent"
+    ),
     "streaming_quality": (
-        "mp3/opus/aac bitrate and flac compression level; resampler quality when "
-        "sample_rate differs from the engine's; no effect on pcm/wav at the engine's rate"
+        "mp3/opus/aac bitrate (capped at what the codec does at the rate: X-Bitrate) and flac "
+        "compression level; resampler quality when sample_rate differs from the engine's; "
+        "no effect on pcm/wav at the engine's rate"
     ),
 }
 KNOB_EFFECTS: dict[str, dict[str, dict[str, str]]] = {
@@ -242,7 +263,10 @@ KNOB_EFFECTS: dict[str, dict[str, dict[str, str]]] = {
             **_STREAMING,
             "speed": "divides piper's length_scale (0.25-4.0)",
             "temperature": "noise_scale = 0.667 x temperature / 0.8 (when given)",
-            "exaggeration": "noise_w_scale = 0.8 x exaggeration / 0.5 (when given)",
+            "exaggeration": (
+                "phoneme-length variation (noise_w_scale, when given): 0.25 -> 0.4, "
+                "0.5 -> 0.8 (piper's default), 2.0 -> 1.1, linear between; duration unchanged"
+            ),
         },
         "accepted_without_effect": {
             "cfg_weight": "piper has no classifier-free guidance",
@@ -558,6 +582,7 @@ async def _plan(
         raise _engine_error(error, engine_name="", voice=voice) from None
     engine_voice: str | None = None
     stored = None
+    sample_from_voice = False
     if voice is not None and voice not in OPENAI_VOICE_TO_ESPEAK:
         stored = await runtime.run_db(_stored_voice, voice)
     if stored is not None:
@@ -574,11 +599,24 @@ async def _plan(
         engine_voice = stored["preset"] or None
         if stored["sample"] is not None and voice_sample is None:
             voice_sample = stored["sample"]
+            sample_from_voice = True
     else:
         engine_voice = registry.map_voice(engine_name, voice)
     try:
         engine = await engine_for(registry, engine_name)
         engine.check_request(voice=engine_voice, speed=speed, voice_sample=voice_sample)
+    except UnsupportedFeature as error:
+        if not sample_from_voice:
+            raise _engine_error(error, engine_name=engine_name, voice=voice) from None
+        # The client sent only `voice`: the stored voice is the problem, not a voice_file.
+        raise ApiError(
+            "voice_cloning_unsupported",
+            f"Voice {voice!r} is a stored sample voice and engine {engine_name!r} cannot "
+            "clone a voice from a sample: it needs a cloning engine (set the voice's engine, "
+            "or choose a model whose engine clones: GET /v1/models, voice_cloning).",
+            field="voice",
+            status_code=422,
+        ) from None
     except TTSError as error:
         raise _engine_error(error, engine_name=engine_name, voice=voice) from None
     except ValueError as error:
@@ -612,6 +650,10 @@ class _Failure:
 def _check_args(text: str, speed: float, sample_rate: int | None) -> None:
     if not isinstance(text, str) or not text.strip():
         raise ApiError("invalid_input", "input must contain some text.", field="input")
+    if not is_text(text):
+        raise ApiError(
+            "invalid_input", "input is not valid Unicode text (a lone surrogate).", field="input"
+        )
     if len(text) > MAX_SERVICE_CHARS:
         raise ApiError(
             "invalid_input", f"input is longer than {MAX_SERVICE_CHARS} characters.", field="input"
@@ -727,6 +769,12 @@ async def synthesis_stream(
     job.current_chunk = 1 if pieces else 0
     job.touch()
     engine_bytes = 0  # PCM at the engine's rate, for mark offsets
+    # streaming_buffer_size, when the client sends it, is also a start-up buffer: the audio of
+    # the first N-1 text pieces is held back and leaves, whole, with the first audio of piece
+    # N, trading time to first byte for audio in hand (no underrun when the engine is slower
+    # than real time). Not sent: the first audio leaves at once, as OpenAI clients expect.
+    hold_until = buffer_size - 1 if "streaming_buffer_size" in knobs.given else 0
+    held: list[SpeechChunk] = []
     pending: tuple[int, Any] | _Done | _Failure | None = None
     try:
         while True:
@@ -776,11 +824,23 @@ async def synthesis_stream(
             if not pcm and not marks:
                 continue
             job.audio_bytes += len(pcm)
+            job.touch()
+            if index < hold_until:
+                held.append(SpeechChunk(pcm, job, index, tuple(marks)))
+                continue
+            if held:  # the start-up buffer leaves with the first audio of the next piece
+                pcm = b"".join([*(c.pcm for c in held), pcm])
+                marks = [*(m for c in held for m in c.marks), *marks]
+                held.clear()
             if job._first_yield_ms is None:
                 job._first_yield_ms = job.elapsed_ms()
                 job._output.set()
-            job.touch()
             yield SpeechChunk(pcm, job, index, tuple(marks))
+        if held:  # the text had fewer pieces than the start-up buffer
+            job._first_yield_ms = job.elapsed_ms()
+            job._output.set()
+            pcm = b"".join(c.pcm for c in held)
+            yield SpeechChunk(pcm, job, held[-1].piece, tuple(m for c in held for m in c.marks))
         if resampler is not None and (tail := resampler.feed(b"", last=True)):
             job.audio_bytes += len(tail)
             yield SpeechChunk(tail, job, max(len(pieces) - 1, 0))

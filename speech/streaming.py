@@ -116,7 +116,13 @@ class OpenedSpeech:
             "X-Channels": "1",
             "X-Bits-Per-Sample": "16",
             "X-Speed-Applied": f"{job.speed_applied:g}",
+            **({"X-Bitrate": f"{kbps}k"} if (kbps := self.bitrate_kbps) is not None else {}),
         }
+
+    @property
+    def bitrate_kbps(self) -> int | None:
+        """The lossy encoder's bitrate (None for pcm, wav, flac)."""
+        return encoding.bitrate_kbps(self.request.response_format, self.sample_rate, self.quality)
 
 
 async def open_speech(

@@ -11,8 +11,15 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.http.multipartparser import MultiPartParserError
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    QueryDict,
+    StreamingHttpResponse,
+)
+from django.http.multipartparser import MultiPartParser, MultiPartParserError
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt
 
 from speech import selectors, streaming, system, voices
@@ -71,6 +78,19 @@ def api_view(*methods: str) -> Callable[[View], View]:
     return decorate
 
 
+def _form_data(request: HttpRequest) -> tuple[QueryDict, MultiValueDict]:
+    """The form fields and files of any method: Django parses them only for POST, so a
+    multipart PATCH would otherwise look empty (and change nothing)."""
+    if request.method == "POST":
+        return request.POST, request.FILES
+    if request.content_type == "multipart/form-data":
+        # The request reads as a stream (its body if already read), with the same upload
+        # handlers and size limits as POST.
+        parser = MultiPartParser(request.META, request, request.upload_handlers, request.encoding)
+        return parser.parse()
+    return QueryDict(request.body, encoding=request.encoding), MultiValueDict()
+
+
 def _form_body(request: HttpRequest) -> tuple[dict[str, Any], VoiceSample | None, bool]:
     """Multipart (or urlencoded) fields, the optional voice_file, and whether the values are
     form strings; a JSON body is accepted too."""
@@ -84,8 +104,8 @@ def _form_body(request: HttpRequest) -> tuple[dict[str, Any], VoiceSample | None
             status_code=415,
         )
     try:
-        fields = {key: request.POST.get(key) for key in request.POST}
-        files = request.FILES
+        post, files = _form_data(request)
+        fields = {key: post.get(key) for key in post}
     except MultiPartParserError as exc:
         raise ApiError("malformed_multipart", f"The multipart body is invalid: {exc}.") from exc
     if "voice_file" in fields:

@@ -58,7 +58,8 @@ def voice_sample_from_upload(upload: UploadedFile) -> VoiceSample:
         raise ApiError("invalid_voice_file", "voice_file is empty.", field="voice_file")
     return VoiceSample(
         content=content,
-        filename=Path(upload.name or "voice.wav").name,
+        # The record keeps 255 characters: keep the end, where the extension is.
+        filename=Path(upload.name or "voice.wav").name[-255:],
         content_type=upload.content_type or "application/octet-stream",
     )
 
@@ -241,6 +242,26 @@ async def _check_preset(engine_name: str, preset: str) -> None:
         raise ApiError("engine_unavailable", str(error), field="engine", status_code=503) from None
 
 
+async def _check_clones(engine_name: str, *, field: str) -> None:
+    """A sample voice is only usable by an engine that clones: refuse it when it is stored,
+    rather than accept it and fail each time it is used."""
+    registry = get_registry()
+    name = engine_name or registry.default_name
+    try:
+        built = await engine_for(registry, name)
+    except TTSError as error:
+        raise ApiError("engine_unavailable", str(error), field="engine", status_code=503) from None
+    if not built.capabilities.voice_cloning:
+        raise ApiError(
+            "voice_cloning_unsupported",
+            f"Engine {name!r} cannot clone a voice from a sample, so a sample voice for it "
+            "could never speak. Set engine to one that clones (GET /v1/models: "
+            "voice_cloning), or give a preset (an engine voice id) instead of a voice_file.",
+            field=field,
+            status_code=422,
+        )
+
+
 def _check_engine(engine_name: str) -> None:
     names = get_registry().names()
     if engine_name and engine_name not in names:
@@ -288,6 +309,7 @@ async def voice_create(
     await _check_name(name)
     seconds = 0.0
     if sample is not None:
+        await _check_clones(engine_name, field="voice_file")
         seconds = await asyncio.to_thread(_probe_seconds, sample.content)
     else:
         await _check_preset(engine_name, preset)
@@ -336,6 +358,7 @@ async def voice_update(
             "invalid_voice", "Give either a voice_file or a preset, not both.", field="preset"
         )
     if sample is not None:
+        await _check_clones(voice.engine, field="voice_file")
         seconds = await asyncio.to_thread(_probe_seconds, sample.content)
         _attach_sample(voice, sample, seconds)
     elif "preset" in given:
@@ -347,7 +370,7 @@ async def voice_update(
             voice.sample_filename = voice.sample_content_type = ""
             voice.sample_bytes, voice.sample_seconds = 0, None
     elif voice.sample and "engine" in given:
-        pass  # a sample stays a sample: the engine is checked when it is used
+        await _check_clones(voice.engine, field="engine")  # a sample stays a sample
     elif not voice.preset and not voice.sample:
         raise ApiError("invalid_voice", "A voice needs a preset or a sample.", field="preset")
     return await runtime.run_db(_save, voice)

@@ -219,6 +219,7 @@ PARLEY_RECORDINGS_DIR = Path(os.environ.get("PARLEY_RECORDINGS_DIR", VAR_DIR / "
 PARLEY_RECORDINGS_ROOM = os.environ.get("PARLEY_RECORDINGS_ROOM", "recordings")
 # Browser pages allowed to open the Socket.IO endpoint: "*" keeps existing clients working.
 PARLEY_SOCKETIO_CORS_ORIGINS = os.environ.get("PARLEY_SOCKETIO_CORS_ORIGINS", "*")
+PARLEY_CHAT_CORS_ORIGINS = os.environ.get("PARLEY_CHAT_CORS_ORIGINS", "*")  # seed 004
 
 # Speech synthesis (docs/speech.md). The default engine answers tts-1, tts-1-hd and
 # gpt-4o-mini-tts; a request picks another with model=<engine name>.

@@ -52,6 +52,8 @@ OPENAI_VOICES: tuple[str, ...] = (
     "sage",
     "shimmer",
     "verse",
+    "marin",
+    "cedar",
 )
 _CORE_FIELDS = frozenset({"model", "input", "voice", "response_format", "speed"})
 _ERROR_BODY_LIMIT = 2000

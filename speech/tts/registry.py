@@ -38,8 +38,9 @@ __all__ = [
 
 OPENAI_MODELS: tuple[str, ...] = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
-# OpenAI voice -> eSpeak NG voice. Each is a distinct base voice / variant pair, so the eleven
-# names sound different; genders follow OpenAI's voices (fable is British).
+# OpenAI voice -> eSpeak NG voice. Each is a distinct base voice / variant pair, so the thirteen
+# names (the openai SDK's list: speech_create_params.Voice) sound different; genders follow
+# OpenAI's voices (fable is British).
 # | OpenAI  | eSpeak         | why                                                  |
 # |---------|----------------|------------------------------------------------------|
 # | alloy   | en-us          | espeak's plain American voice: the neutral default   |
@@ -53,6 +54,8 @@ OPENAI_MODELS: tuple[str, ...] = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 # | sage    | en-us+f2       | female, breathy                                      |
 # | shimmer | en-us+f5       | female, highest pitch (160-228 Hz), breathy          |
 # | verse   | en-us+m6       | male, tense formants                                 |
+# | marin   | en-us+f1       | female, the plain female variant                     |
+# | cedar   | en-us+m2       | male, low and even                                   |
 OPENAI_VOICE_TO_ESPEAK: dict[str, str] = {
     "alloy": "en-us",
     "ash": "en-us+m3",
@@ -65,6 +68,8 @@ OPENAI_VOICE_TO_ESPEAK: dict[str, str] = {
     "sage": "en-us+f2",
     "shimmer": "en-us+f5",
     "verse": "en-us+m6",
+    "marin": "en-us+f1",
+    "cedar": "en-us+m2",
 }
 
 

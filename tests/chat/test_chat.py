@@ -166,6 +166,11 @@ async def test_engine_gone_between_post_and_get_is_503_and_the_url_survives(sett
         ({"text": "hi", "stream_audio": [1]}, "stream_audio", "invalid_stream_audio"),
         ({"text": "hi", "user": "u" * 129}, "user", "invalid_user"),
         ({"text": "hi", "colour": "red"}, "colour", "invalid_colour"),
+        # DRF would coerce these to "5" / "True" and answer them: only strings are text.
+        ({"text": 5}, "text", "invalid_text"),
+        ({"text": True}, "text", "invalid_text"),
+        ({"text": "\ud800"}, "text", "invalid_text"),
+        ({"text": "hi", "user": 5}, "user", "invalid_user"),
         ([1, 2], None, "malformed_json"),
         (b"{nope", None, "malformed_json"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import struct
 
 import pytest
@@ -174,15 +175,39 @@ async def test_bad_voice_is_refused_before_any_turn():
         ("say-r5", {"speaker": "npc", "text": "Hi.", "chunk_ms": 5}, 400, "chunk_ms"),
         ("say-r5", {"speaker": "npc", "text": "Hi.", "stream_id": "a b"}, 400, "stream_id"),
         ("say-r5", {"speaker": "npc", "text": "Hi.", "loud": True}, 400, "loud"),
+        ("say-r5", {"speaker": 5, "text": "Hi."}, 400, "speaker"),
+        ("say-r5", {"speaker": "npc", "text": 5}, 400, "text"),
+        ("say-r5", {"speaker": "npc", "text": "Hi.", "voice": 5}, 400, "voice"),
+        ("say-r5", {"speaker": "npc", "text": "Hi.", "stream_id": 7}, 400, "stream_id"),
+        ("say-r5", {"speaker": "npc", "text": "\udfff"}, 400, "text"),
         ("bad room!", {"speaker": "npc", "text": "Hi."}, 400, "room"),
     ],
 )
 async def test_bad_say_input(room, body, status, field):
     async with http() as client:
-        response = await client.post(f"/api/rooms/{room}/say", json=body)
+        # json.dumps escapes a lone surrogate as \\udfff (httpx's json= cannot encode it).
+        response = await client.post(
+            f"/api/rooms/{room}/say",
+            content=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+        )
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
     assert set(response.json()) >= {"error", "detail", "field"}
+
+
+async def test_a_64_character_room_name_fits_the_job_record():
+    # /api/rooms/{64 characters}/say is 79 characters: PostgreSQL refuses what does not fit
+    # the column (SQLite does not check), so the record is validated as PostgreSQL would.
+    room = "r" * 64
+    async with http() as client:
+        response = await client.post(
+            f"/api/rooms/{room}/say", json={"speaker": "npc", "text": "Hi.", "chunk_ms": 500}
+        )
+    assert response.status_code == 200, response.text
+    job = await database_sync_to_async(SpeechJob.objects.get)(kind="say")
+    assert job.endpoint == f"/api/rooms/{room}/say"
+    await database_sync_to_async(job.full_clean)()
 
 
 async def test_no_engine_is_503_in_the_project_shape(broken_tts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import wave
 
@@ -43,3 +44,18 @@ def sample_wav(seconds: float = 1.0) -> bytes:
         wav.setframerate(16000)
         wav.writeframes(b"\x20\x00\xe0\xff" * int(8000 * seconds))
     return buffer.getvalue()
+
+
+def probed(data: bytes) -> tuple[int, int | None]:
+    """(sample rate, stream bitrate in kbit/s) as ffmpeg reads them from encoded audio: for
+    CBR mp3 the frame headers' bitrate, for aac ffmpeg's estimate from size and duration."""
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", "pipe:0"],
+        input=data,
+        capture_output=True,
+        check=False,
+    )
+    info = result.stderr.decode("utf-8", "replace")
+    stream = re.search(r"Stream #0:0.*?: Audio: .*?(\d+) Hz.*?(?:(\d+) kb/s)?$", info, re.M)
+    assert stream, info
+    return int(stream.group(1)), int(stream.group(2)) if stream.group(2) else None

@@ -4,6 +4,7 @@ the real ASGI application in one loop."""
 from __future__ import annotations
 
 import io
+import re
 import wave
 
 import httpx
@@ -25,6 +26,13 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 @pytest.fixture(autouse=True)
 def _media(settings, tmp_path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def cloning(settings, standin) -> str:
+    """An engine that clones (the openai engine over the stand-in server); its name."""
+    settings.PARLEY_OPENAI_TTS_URL = standin.base_url
+    return "openai"
 
 
 def http() -> httpx.AsyncClient:
@@ -49,12 +57,12 @@ async def test_voices_list_engine_openai_and_stored_voices():
     assert listed["count"] == len(listed["voices"])
 
 
-async def test_voice_crud_with_a_sample_file_and_its_download():
+async def test_voice_crud_with_a_sample_file_and_its_download(cloning):
     sample = sample_wav(1.0)
     async with http() as client:
         created = await client.post(
             "/v1/voices",
-            data={"name": "me", "language": "en"},
+            data={"name": "me", "language": "en", "engine": cloning},
             files={"voice_file": ("me.wav", sample, "audio/wav")},
         )
         assert created.status_code == 201, created.text
@@ -67,10 +75,14 @@ async def test_voice_crud_with_a_sample_file_and_its_download():
         patched = await client.patch("/v1/voices/me", json={"description": "my own", "name": "me2"})
         assert patched.status_code == 200 and patched.json()["name"] == "me2"
         assert (await client.get("/v1/voices/me")).status_code == 404
-        # espeak cannot clone: speaking with a sample voice says so, it does not ignore it.
-        refused = await client.post("/v1/audio/speech", json={"input": "Hi.", "voice": "me2"})
+        # espeak cannot clone: speaking with a sample voice says so, naming what was sent.
+        refused = await client.post(
+            "/v1/audio/speech", json={"input": "Hi.", "voice": "me2", "model": "espeak"}
+        )
         assert refused.status_code == 422
         assert refused.json()["error"] == "voice_cloning_unsupported"
+        assert refused.json()["field"] == "voice"
+        assert "me2" in refused.json()["detail"] and "espeak" in refused.json()["detail"]
         assert (await client.delete("/v1/voices/me2")).status_code == 204
         assert (await client.get("/v1/voices/me2")).status_code == 404
     assert await database_sync_to_async(Voice.objects.count)() == 0
@@ -93,6 +105,64 @@ async def test_preset_voices_speak_and_download_a_preview():
     assert job.engine_voice == "en-us+m8"
 
 
+async def test_multipart_patch_changes_the_voice_like_json_does(cloning):
+    async with http() as client:
+        created = await client.post(
+            "/v1/voices",
+            data={"name": "mp", "engine": cloning},
+            files={"voice_file": ("one.wav", sample_wav(1.0), "audio/wav")},
+        )
+        assert created.status_code == 201, created.text
+        patched = await client.patch(
+            "/v1/voices/mp",
+            data={"description": "two seconds now"},
+            files={"voice_file": ("two.wav", sample_wav(2.0), "audio/wav")},
+        )
+        assert patched.status_code == 200, patched.text
+        body = patched.json()
+        assert body["description"] == "two seconds now"
+        assert body["sample"]["filename"] == "two.wav"
+        assert abs(body["sample"]["seconds"] - 2.0) < 0.01
+        # urlencoded PATCH bodies are read too
+        renamed = await client.patch(
+            "/v1/voices/mp",
+            content=b"description=urlencoded",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert renamed.status_code == 200 and renamed.json()["description"] == "urlencoded"
+        garbage = await client.patch(
+            "/v1/voices/mp", files={"voice_file": ("x.wav", b"not audio at all", "audio/wav")}
+        )
+        unknown = await client.patch("/v1/voices/mp", **_multipart_fields(colour="red"))
+        unknown_json = await client.patch("/v1/voices/mp", json={"colour": "red"})
+        stored = (await client.get("/v1/voices/mp")).json()
+    assert garbage.status_code == 400
+    assert (garbage.json()["error"], garbage.json()["field"]) == (
+        "invalid_voice_file",
+        "voice_file",
+    )
+    # the same refusal as the JSON PATCH gives
+    assert unknown.status_code == unknown_json.status_code == 400
+    assert unknown.json() == unknown_json.json()
+    assert unknown.json()["error"] == "unknown_field" and unknown.json()["field"] == "colour"
+    # refusals changed nothing
+    assert stored["description"] == "urlencoded" and stored["sample"]["filename"] == "two.wav"
+
+
+def _multipart_fields(**fields: str) -> dict:
+    """A multipart/form-data body of text fields only (httpx would send those urlencoded)."""
+    boundary = "parley-test-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+    return {
+        "content": body,
+        "headers": {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    }
+
+
 BAD_VOICES = [
     ({"json": {"preset": "en-us"}}, 400, "name"),
     ({"json": {"name": "bad name!", "preset": "en-us"}}, 400, "name"),
@@ -103,7 +173,10 @@ BAD_VOICES = [
     ({"json": {"name": "x", "preset": "en-us", "engine": "zzz"}}, 400, "engine"),
     ({"json": {"name": "x", "preset": "en-us", "colour": 1}}, 400, "colour"),
     (
-        {"data": {"name": "x"}, "files": {"voice_file": ("a.wav", b"not audio", "audio/wav")}},
+        {
+            "data": {"name": "x", "engine": "openai"},
+            "files": {"voice_file": ("a.wav", b"not audio", "audio/wav")},
+        },
         400,
         "voice_file",
     ),
@@ -111,7 +184,30 @@ BAD_VOICES = [
 ]
 
 
-async def test_bad_voice_input_is_a_json_error():
+async def test_a_sample_voice_for_an_engine_that_cannot_clone_is_refused(cloning):
+    async with http() as client:
+        refused = await client.post(
+            "/v1/voices",
+            data={"name": "flat"},  # blank engine: the default, espeak
+            files={"voice_file": ("a.wav", sample_wav(), "audio/wav")},
+        )
+        assert refused.status_code == 422
+        body = refused.json()
+        assert (body["error"], body["field"]) == ("voice_cloning_unsupported", "voice_file")
+        assert "'espeak'" in body["detail"] and "clone" in body["detail"]
+        assert (await client.get("/v1/voices/flat")).status_code == 404
+        created = await client.post(
+            "/v1/voices",
+            data={"name": "cl", "engine": cloning},
+            files={"voice_file": ("a.wav", sample_wav(), "audio/wav")},
+        )
+        assert created.status_code == 201, created.text
+        moved = await client.patch("/v1/voices/cl", json={"engine": "espeak"})
+        assert moved.status_code == 422 and moved.json()["field"] == "engine"
+        assert (await client.get("/v1/voices/cl")).json()["engine"] == cloning
+
+
+async def test_bad_voice_input_is_a_json_error(cloning):
     async with http() as client:  # one test, one database flush: the cases share nothing
         for request_kwargs, status, field in BAD_VOICES:
             response = await client.post("/v1/voices", **request_kwargs)
@@ -266,6 +362,36 @@ async def test_schema_lists_every_speech_endpoint():
         "description": "Characters per streaming chunk",
     }
     assert properties["response_format"]["default"] == "mp3"
+
+
+async def test_schema_documents_the_plain_views_of_recordings_and_memory():
+    async with http() as client:
+        schema = (await client.get("/openapi.json")).json()
+    paths = schema["paths"]
+    force_stop = paths["/streaming/force_stop"]["post"]
+    assert force_stop["operationId"] == "streaming_force_stop"
+    assert {p["name"] for p in force_stop["parameters"]} == {"X-Streaming-Key"}
+    assert set(
+        force_stop["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    ) == {
+        "streaming_key",
+        "key",
+        "session_id",
+    }
+    assert {"200", "400", "500"} <= set(force_stop["responses"])
+    audio_file = paths["/static/audio/{sid}.wav"]
+    assert set(audio_file) == {"get"}  # only the methods the annotation covers
+    assert "audio/wav" in audio_file["get"]["responses"]["206"]["content"]
+    assert set(paths["/memory"]) == {"get", "post"}
+
+
+@pytest.mark.parametrize("page", ["/redoc", "/docs"])
+async def test_docs_pages_reference_no_outside_url(page):
+    async with http() as client:
+        html = (await client.get(page)).text
+    assert "/static/drf_spectacular_sidecar/" in html
+    outside = re.findall(r"""(?:src|href)=["'](?:https?:)?//[^"']+""", html)
+    assert outside == [] and "googleapis" not in html
 
 
 async def test_admin_lists_jobs_with_filters_and_voices():

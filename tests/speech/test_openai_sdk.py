@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.speech.audio import decoded_seconds, expected_seconds_range
+from tests.speech.audio import decoded_seconds, expected_seconds_range, probed
 from tests.tts.test_openai_compat import Script
 
 TEXT = "The quick brown fox jumps over the lazy dog. Then it runs far away into the woods."
@@ -253,6 +253,30 @@ def test_every_bad_input_is_a_json_error_naming_the_field(sdk, fields, status, f
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        {"input": "\ud800"},
+        {"input": "Hi.", "voice": "al\udc00loy"},
+        {"input": "Hi.", "instructions": "\ud800"},
+    ],
+)
+def test_a_lone_surrogate_is_refused_in_validation_naming_the_field(daphne, fields):
+    # JSON may carry "\\ud800"; the text cannot be encoded, so no engine or database sees it.
+    response = httpx.post(
+        f"{daphne.url}/v1/audio/speech",
+        content=json.dumps({"response_format": "pcm", **fields}),
+        headers={"Content-Type": "application/json"},
+    )
+    field = next(name for name, value in fields.items() if "\\u" in json.dumps(value))
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"invalid_{field}",
+        "detail": f"{field} is not valid Unicode text (a lone surrogate).",
+        "field": field,
+    }
+
+
+@pytest.mark.parametrize(
     ("content", "headers", "status", "error"),
     [
         (b"{not json", {"Content-Type": "application/json"}, 400, "malformed_json"),
@@ -272,3 +296,54 @@ def test_wrong_method_is_a_json_405(daphne):
     assert response.status_code == 405
     assert response.json()["error"] == "method_not_allowed"
     assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "fields", "rate", "kbps"),
+    [
+        ("mp3", {"sample_rate": 12345}, 12000, 64),  # MPEG-2.5: LAME's ceiling is 64
+        ("mp3", {"streaming_quality": "high"}, 24000, 160),  # not 192: MPEG-2 stops at 160
+        ("mp3", {"sample_rate": 44100, "streaming_quality": "high"}, 44100, 192),
+        ("aac", {"sample_rate": 12345}, 12000, 72),  # 128 asked, 6144 bits a frame at 12 kHz
+        ("aac", {"streaming_quality": "high"}, 24000, 144),  # 6144 bits a 1024-sample frame
+        ("opus", {"sample_rate": 12345}, 12000, 64),
+    ],
+)
+def test_encoded_rate_and_bitrate_are_what_the_headers_say(daphne, fmt, fields, rate, kbps):
+    response = httpx.post(
+        f"{daphne.url}/v1/audio/speech",
+        json={"input": TEXT, "response_format": fmt, **fields},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-sample-rate"] == str(rate)
+    assert response.headers["x-bitrate"] == f"{kbps}k"
+    probed_rate, probed_kbps = probed(response.content)
+    if fmt == "opus":
+        probed_rate = int(response.headers["x-sample-rate"])  # ogg reports 48 kHz playback
+    assert probed_rate == rate
+    if fmt == "mp3":
+        assert probed_kbps == kbps  # constant bitrate: every frame header says it
+    elif fmt == "aac":
+        assert probed_kbps is not None and probed_kbps <= kbps * 1.05  # an average
+
+
+def test_sse_info_reports_the_rate_the_encoder_used(daphne):
+    response = httpx.post(
+        f"{daphne.url}/v1/audio/speech",
+        json={
+            "input": "Hi.",
+            "stream_format": "sse",
+            "response_format": "mp3",
+            "sample_rate": 12345,
+        },
+        timeout=30,
+    )
+    info = json.loads(response.text.split("data: ", 1)[1].split("\n", 1)[0])
+    audio = b"".join(
+        base64.b64decode(json.loads(line[6:])["audio"])
+        for line in response.text.splitlines()
+        if line.startswith("data: ") and '"speech.audio.delta"' in line
+    )
+    assert info["type"] == "speech.audio.info" and info["sample_rate"] == 12000
+    assert probed(audio)[0] == 12000

@@ -86,6 +86,7 @@ async def test_bad_arguments_raise_api_errors_before_any_audio():
         ({"text": "x", "sample_rate": 100}, "sample_rate"),
         ({"text": "x", "params": {"temperature": 99}}, "temperature"),
         ({"text": "x", "params": {"colour": "red"}}, "colour"),
+        ({"text": "a\ud800b"}, "input"),
     ]
     for kwargs, field in cases:
         with pytest.raises(ApiError) as caught:
@@ -153,9 +154,10 @@ async def test_buffer_size_bounds_how_far_synthesis_runs_ahead(scripted):
         voice=None,
         params={"streaming_chunk_size": 50, "streaming_buffer_size": 2},
     )
-    first = await anext(chunks)
+    first = await anext(chunks)  # piece 0 held back, sent with piece 1's first audio
     await asyncio.sleep(0.2)  # a slow client: the producer may only run 2 pieces ahead
-    assert len(scripted.started) == 3 and first.job.total_chunks == 8
+    assert first.piece == 1 and first.job.total_chunks == 8
+    assert len(scripted.started) == 4
     pieces = [chunk.piece async for chunk in chunks]
     assert len(scripted.started) == 8 and pieces[-1] == 7
 
@@ -222,6 +224,69 @@ def test_engine_params_follow_the_documented_mapping():
     assert services.engine_params("piper", {**defaults, "temperature": 1.6}, {"temperature"}) == {
         "noise_scale": 1.334
     }
+    for exaggeration, noise_w in ((0.25, 0.4), (0.5, 0.8), (1.25, 0.95), (2.0, 1.1)):
+        given = {**defaults, "exaggeration": exaggeration}
+        assert services.engine_params("piper", given, {"exaggeration"}) == {
+            "noise_w_scale": noise_w
+        }
     assert services.engine_params("openai", {**defaults, "cfg_weight": 0.2}, {"cfg_weight"}) == {
         "cfg_weight": 0.2
     }
+
+
+async def _piper_seconds(text: str, params: dict) -> float:
+    pcm = [
+        chunk
+        async for chunk in services.synthesis_stream(
+            text=text, model="piper", voice=None, params=params
+        )
+    ]
+    return sum(len(chunk.pcm) for chunk in pcm) / (2 * pcm[0].job.sample_rate)
+
+
+@pytest.mark.timeout(120)
+async def test_piper_exaggeration_keeps_the_duration_plausible():
+    # Piper's duration noise is random: a few runs each, every one within bounds.
+    runtime.ensure_started(sweeper=False)
+    text = "Hello there, how are you today?"
+    default = await _piper_seconds(text, {})
+    for exaggeration in (0.25, 2.0):
+        for _ in range(3):
+            seconds = await _piper_seconds(text, {"exaggeration": exaggeration})
+            assert 0.6 * default <= seconds <= 1.6 * default, (exaggeration, seconds, default)
+
+
+SIX_SENTENCES = " ".join(f"This is sentence number {n}, said slowly." for n in range(6))
+
+
+async def _first_and_rest(params: dict) -> tuple[services.SpeechChunk, list]:
+    chunks = services.synthesis_stream(
+        text=SIX_SENTENCES,
+        model=None,
+        voice=None,
+        params={"streaming_chunk_size": 50, **params},  # one sentence a piece
+    )
+    first = await anext(chunks)
+    return first, [chunk async for chunk in chunks]
+
+
+async def test_a_sent_buffer_size_holds_back_whole_pieces_before_the_first_byte():
+    runtime.ensure_started(sweeper=False)
+    # Not sent: the first audio leaves at once (OpenAI clients expect no start-up wait).
+    first, rest = await _first_and_rest({})
+    assert first.piece == 0
+    unbuffered = [first, *rest]
+    head = sum(len(c.pcm) for c in unbuffered if c.piece < 3)  # audio of pieces 0-2
+    one, _ = await _first_and_rest({"streaming_buffer_size": 1})
+    assert one.piece == 0 and len(one.pcm) < 0.6 * head
+    # 4: pieces 0-2 whole, then the first audio of piece 3, in one chunk
+    four, rest = await _first_and_rest({"streaming_buffer_size": 4})
+    assert four.piece == 3
+    assert len(four.pcm) > 0.9 * head  # espeak's output varies a little run to run
+    assert {mark.text_offset for mark in four.marks if mark.kind == "sentence"} >= {
+        SIX_SENTENCES.index(f"This is sentence number {n}") for n in range(3)
+    }
+    assert [c.piece for c in rest] == sorted(c.piece for c in rest)
+    # a buffer longer than the text: everything leaves together at the end
+    ten, rest = await _first_and_rest({"streaming_buffer_size": 10})
+    assert ten.piece == 5 and rest == []

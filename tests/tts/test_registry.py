@@ -73,3 +73,16 @@ def test_bad_configs_are_rejected_early():
     registry = EngineRegistry({"engines": {"joe": {"kind": "piper", "model_path": "/no.onnx"}}})
     with pytest.raises(EngineUnavailable):
         registry.engine("joe")
+
+
+def test_every_voice_name_the_openai_sdk_lists_is_mapped():
+    import typing
+
+    from openai.types.audio.speech_create_params import Voice
+
+    args = typing.get_args(Voice)
+    literal = next(arg for arg in args if typing.get_origin(arg) is typing.Literal)
+    sdk_names = set(typing.get_args(literal))
+    assert {"marin", "cedar"} <= sdk_names
+    assert sdk_names <= set(OPENAI_VOICE_TO_ESPEAK)
+    assert sdk_names <= set(OPENAI_VOICES)
