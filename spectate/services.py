@@ -7,8 +7,7 @@ from typing import Any
 from django.utils import timezone
 
 from streams import selectors
-from streams.events import hydrate
-from streams.models import Room, RoomEvent, SpectatorPresence, Stream, StreamKind, StreamStatus
+from streams.models import Room, SpectatorPresence, Stream, StreamKind, StreamStatus
 
 
 def spectator_join(*, room_name: str, channel_name: str, after: int | None) -> dict[str, Any]:
@@ -51,14 +50,7 @@ def _recordings_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
     live = Stream.objects.filter(
         room=room, kind=StreamKind.RECORDING, status=StreamStatus.STREAMING, chunk_count__gt=0
     ).values("pk")
-    events = (
-        RoomEvent.objects.filter(
-            room=room, type="audio_chunk", chunk__stream__in=live, seq__lte=up_to
-        )
-        .select_related("chunk")
-        .order_by("seq")
-    )
-    return [hydrate(event, room.name) for event in events]
+    return selectors.audio_events(room, streams=live, up_to=up_to)
 
 
 def events_between(*, room_name: str, after: int, up_to: int | None) -> list[dict[str, Any]]:

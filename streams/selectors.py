@@ -203,9 +203,14 @@ def active_stream_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
     stream = Stream.objects.filter(turn=turn).exclude(status=StreamStatus.INTERRUPTED).first()
     if stream is None:
         return []
+    return audio_events(room, streams=[stream.pk], up_to=up_to)
+
+
+def audio_events(room: Room, *, streams: Any, up_to: int) -> list[dict[str, Any]]:
+    """The stored audio_chunk events of `streams` (pks, or a queryset of them) up to an id."""
     events = (
         RoomEvent.objects.filter(
-            room=room, type="audio_chunk", chunk__stream=stream, seq__lte=up_to
+            room=room, type="audio_chunk", chunk__stream__in=streams, seq__lte=up_to
         )
         .select_related("chunk")
         .order_by("seq")

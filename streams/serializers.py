@@ -251,7 +251,9 @@ class FloorHeldSerializer(ErrorSerializer):
     expected_release_at = serializers.DateTimeField(allow_null=True)
 
 
-class StateStreamSerializer(serializers.Serializer):
+class StreamFieldsSerializer(serializers.Serializer):
+    """What a stream and the `state` event's stream share."""
+
     stream_id = serializers.CharField()
     speaker = serializers.CharField()
     status = serializers.CharField()
@@ -262,8 +264,11 @@ class StateStreamSerializer(serializers.Serializer):
     bytes = serializers.IntegerField()
     chunks = serializers.IntegerField()
     duration_ms = serializers.IntegerField()
-    playhead_ms = serializers.IntegerField()
     playback_ends_at = serializers.DateTimeField(allow_null=True)
+
+
+class StateStreamSerializer(StreamFieldsSerializer):
+    playhead_ms = serializers.IntegerField()
 
 
 class StateSerializer(serializers.Serializer):
@@ -280,22 +285,11 @@ class StateSerializer(serializers.Serializer):
     last_event_id = serializers.IntegerField()
 
 
-class StreamSerializer(serializers.Serializer):
-    stream_id = serializers.CharField()
+class StreamSerializer(StreamFieldsSerializer):
     kind = serializers.CharField()
     room = serializers.CharField()
-    speaker = serializers.CharField()
     turn_id = serializers.CharField(allow_null=True)
-    status = serializers.CharField()
-    sample_rate_hz = serializers.IntegerField()
-    channels = serializers.IntegerField()
-    bytes_per_sample = serializers.IntegerField()
-    playback_speed = serializers.FloatField()
-    bytes = serializers.IntegerField()
-    chunks = serializers.IntegerField()
-    duration_ms = serializers.IntegerField()
     missing_seqs = serializers.ListField(child=serializers.IntegerField())
-    playback_ends_at = serializers.DateTimeField(allow_null=True)
     heard_ms = serializers.IntegerField(allow_null=True)
     speech_text = serializers.CharField(
         allow_null=True, help_text="null until playback ended or was cut"
