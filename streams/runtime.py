@@ -8,10 +8,12 @@ dedicated executor so it never queues behind slow sync views on asgiref's shared
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -34,6 +36,20 @@ def _db_call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
     finally:
         # Returns pooled PostgreSQL connections; keeps SQLite's per-thread one.
         close_old_connections()
+
+
+def _checkpoint_forever() -> None:
+    interval = settings.PARLEY_SQLITE_CHECKPOINT_S
+    while True:
+        time.sleep(interval)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:
+            # Never fatal: SQLite's own auto-checkpoint is the safety net.
+            logger.warning("WAL checkpoint failed", exc_info=True)
+            with contextlib.suppress(Exception):
+                connection.close()
 
 
 CLOCK_PRIORITY = 0
@@ -102,6 +118,27 @@ class Runtime:
             self._tasks.append(loop.create_task(self._sweeper(), name="parley-sweeper"))
         else:
             self._tasks.append(loop.create_task(self._heartbeat(), name="parley-heartbeat"))
+        if connection.vendor == "sqlite":
+            self._start_checkpointer()
+
+    def _start_checkpointer(self) -> None:
+        """Checkpoint SQLite's WAL from a thread of its own, once per process.
+
+        Left to SQLite, the commit that pushes the WAL past its auto-checkpoint size copies
+        the WAL into the database and fsyncs it, inside a chunk's request: 100-200 ms on
+        these disks, every few seconds of audio, and the whole p99 of chunk latency
+        (docs/benchmarks.md). Here a PASSIVE checkpoint runs every
+        PARLEY_SQLITE_CHECKPOINT_S on its own connection; it waits for no reader or writer,
+        and sqlite3 releases the GIL while it copies and syncs. The settings raise the
+        auto-checkpoint size so SQLite itself steps in only if this thread falls far behind.
+        """
+        with self._lock:
+            if getattr(self, "_checkpointer", None) is not None:
+                return
+            self._checkpointer = threading.Thread(
+                target=_checkpoint_forever, name="parley-checkpoint", daemon=True
+            )
+        self._checkpointer.start()
 
     def _usable_loop(self) -> asyncio.AbstractEventLoop | None:
         loop = self.loop

@@ -94,8 +94,11 @@ def database_from_env() -> dict:
                 # busy timeout instead of failing with "database is locked" on upgrade.
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
+                # The server checkpoints the WAL from a thread of its own (streams/runtime.py);
+                # SQLite's own auto-checkpoint, inside some commit, is only the safety net.
                 "init_command": (
                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;"
+                    " PRAGMA wal_autocheckpoint=20000;"
                 ),
             },
             "TEST": {"NAME": VAR_DIR / "test-parley.sqlite3"},
@@ -195,6 +198,8 @@ PARLEY_SCHEDULER = env_bool("PARLEY_SCHEDULER", True)
 PARLEY_LONGPOLL_MAX_S = env_float("PARLEY_LONGPOLL_MAX_S", 30.0)
 PARLEY_SPECTATOR_STALE_S = env_float("PARLEY_SPECTATOR_STALE_S", 90.0)
 PARLEY_DB_THREADS = env_int("PARLEY_DB_THREADS", 8)
+# SQLite: how often the server checkpoints the WAL, off the request path.
+PARLEY_SQLITE_CHECKPOINT_S = env_float("PARLEY_SQLITE_CHECKPOINT_S", 5.0)
 # Threads for timers and the sweeper on PostgreSQL (SQLite's one DB thread serves them first).
 PARLEY_CLOCK_THREADS = env_int("PARLEY_CLOCK_THREADS", 4)
 # A release timer reads what it will write this long before the predicted end.
