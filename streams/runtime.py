@@ -99,6 +99,7 @@ class Runtime:
         self._tasks: list[asyncio.Task] = []
         self._executor: Executor | None = None
         self._clock_executor: ThreadPoolExecutor | None = None
+        self._checkpointer: threading.Thread | None = None
         self._lock = threading.Lock()
         # Channel names of spectator sockets served by this process (for the heartbeat).
         self.local_spectators: set[str] = set()
@@ -133,7 +134,7 @@ class Runtime:
         auto-checkpoint size so SQLite itself steps in only if this thread falls far behind.
         """
         with self._lock:
-            if getattr(self, "_checkpointer", None) is not None:
+            if self._checkpointer is not None:
                 return
             self._checkpointer = threading.Thread(
                 target=_checkpoint_forever, name="parley-checkpoint", daemon=True

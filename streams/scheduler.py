@@ -74,8 +74,8 @@ def sweep_once(*, horizon_s: float = 0.0) -> list[Due]:
 
 
 def presence_touch(channel_names: list[str]) -> None:
-    """Heartbeat for this process's spectator sockets and speech jobs, so crashed workers'
-    ones age out."""
+    """Heartbeat for this process's spectator sockets (and HEARTBEAT_HOOKS' work), so
+    crashed workers' ones age out."""
     if channel_names:
         SpectatorPresence.objects.filter(channel_name__in=channel_names).update(
             seen_at=timezone.now()

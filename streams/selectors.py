@@ -102,34 +102,46 @@ def spectator_count(room: Room) -> int:
     return SpectatorPresence.objects.filter(room=room).count()
 
 
+def free_floor_state(*, spectators: int, last_event_id: int) -> dict[str, Any]:
+    """The `state` body of a room nobody holds (known without a query after a release)."""
+    return {
+        "speaker": None,
+        "turn": None,
+        "stream": None,
+        "spectators": spectators,
+        "last_event_id": last_event_id,
+    }
+
+
 def room_state(room: Room) -> dict[str, Any]:
     """The `state` event's body: who holds the floor, what is playing, who is watching."""
     turn = active_turn(room)
+    if turn is None:
+        return free_floor_state(spectators=spectator_count(room), last_event_id=room.last_event_id)
     stream_body = None
-    if turn is not None:
-        stream = (
-            Stream.objects.filter(turn=turn)
-            .exclude(status__in=[StreamStatus.PLAYED, StreamStatus.INTERRUPTED])
-            .first()
-        )
-        if stream is not None:
-            stream_body = {
-                "stream_id": stream.stream_id,
-                "speaker": stream.speaker,
-                "status": stream.status,
-                "sample_rate_hz": stream.sample_rate_hz,
-                "channels": stream.channels,
-                "bytes_per_sample": stream.bytes_per_sample,
-                "playback_speed": stream.playback_speed,
-                "bytes": stream.total_bytes,
-                "chunks": stream.chunk_count,
-                "duration_ms": stream_duration_ms(stream),
-                "playhead_ms": stream_heard_ms(stream),
-                "playback_ends_at": iso(stream.playback_ends_at),
-            }
+    stream = (
+        Stream.objects.filter(turn=turn)
+        .exclude(status__in=[StreamStatus.PLAYED, StreamStatus.INTERRUPTED])
+        .first()
+    )
+    if stream is not None:
+        stream_body = {
+            "stream_id": stream.stream_id,
+            "speaker": stream.speaker,
+            "status": stream.status,
+            "sample_rate_hz": stream.sample_rate_hz,
+            "channels": stream.channels,
+            "bytes_per_sample": stream.bytes_per_sample,
+            "playback_speed": stream.playback_speed,
+            "bytes": stream.total_bytes,
+            "chunks": stream.chunk_count,
+            "duration_ms": stream_duration_ms(stream),
+            "playhead_ms": stream_heard_ms(stream),
+            "playback_ends_at": iso(stream.playback_ends_at),
+        }
     return {
-        "speaker": turn.speaker if turn else None,
-        "turn": turn_as_dict(turn) if turn else None,
+        "speaker": turn.speaker,
+        "turn": turn_as_dict(turn),
         "stream": stream_body,
         "spectators": spectator_count(room),
         "last_event_id": room.last_event_id,

@@ -40,7 +40,13 @@ from streams.models import (
     TurnStatus,
     Utterance,
 )
-from streams.selectors import active_turn, room_state, spectator_count, stream_heard_ms
+from streams.selectors import (
+    active_turn,
+    free_floor_state,
+    room_state,
+    spectator_count,
+    stream_heard_ms,
+)
 
 ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
@@ -106,15 +112,16 @@ def _after_commit_arm(kind: str, key: str, when: datetime) -> None:
     transaction.on_commit(lambda: runtime.arm(kind, key, when))
 
 
-def _turn_event(batch: EventBatch, turn: Turn) -> None:
+def _turn_event(batch: EventBatch, *, turn_id: Any, speaker: str, status: str, reason: str) -> None:
     batch.add(
         "turn",
-        {
-            "turn_id": str(turn.id),
-            "speaker": turn.speaker,
-            "status": turn.status,
-            "reason": turn.reason,
-        },
+        {"turn_id": str(turn_id), "speaker": speaker, "status": status, "reason": reason},
+    )
+
+
+def _turn_changed(batch: EventBatch, turn: Turn) -> None:
+    _turn_event(
+        batch, turn_id=turn.id, speaker=turn.speaker, status=turn.status, reason=turn.reason
     )
 
 
@@ -136,7 +143,7 @@ def _claim(room: Room, speaker: str, batch: EventBatch, now: datetime) -> Turn:
         if holder is None:
             raise
         raise _floor_held(holder) from exc
-    _turn_event(batch, turn)
+    _turn_changed(batch, turn)
     batch.add("state", room_state(room))
     _after_commit_arm("expire", str(turn.id), turn.lease_expires_at)
     return turn
@@ -216,7 +223,7 @@ def floor_yield(*, room_name: str, speaker: str | None, force: bool) -> Turn:
             turn.reason = "forced" if force else "yielded"
         turn.ended_at = now
         turn.save(update_fields=["status", "reason", "ended_at"])
-        _turn_event(batch, turn)
+        _turn_changed(batch, turn)
         batch.add("state", room_state(room))
         batch.flush()
         return turn
@@ -350,9 +357,8 @@ def _finalize(stream: Stream, room: Room, batch: EventBatch, now: datetime) -> N
     stream.save()
     if release_at <= now:
         # No audio, or a slow producer whose audio already finished: release right here.
-        # A stream's speaker is the holder of the turn it belongs to.
-        turn = Turn(pk=turn_id, room_id=room.pk, speaker=stream.speaker, release_at=release_at)
-        if _release(room, _plan_for(turn, stream, room), batch, now):
+        plan = _plan_for(turn_id=turn_id, release_at=release_at, stream=stream, room=room)
+        if _release(room, plan, batch, now):
             stream.status = StreamStatus.PLAYED
             stream.ended_at = now
             stream.heard_ms = stream.duration_ms
@@ -369,26 +375,27 @@ class ReleasePlan:
     """
 
     turn_id: str
-    speaker: str
+    speaker: str  # the turn's holder, who is also its stream's speaker
     room_id: int
     room_name: str
     release_at: datetime
     spectators: int
     stream_pk: int | None = None
     stream_id: str = ""
-    stream_speaker: str = ""
     duration_ms: int = 0
     total_bytes: int = 0
     speech_text: str = ""
 
 
-def _plan_for(turn: Turn, stream: Stream | None, room: Room) -> ReleasePlan:
+def _plan_for(
+    *, turn_id: Any, release_at: datetime, room: Room, stream: Stream | None, speaker: str = ""
+) -> ReleasePlan:
     plan = ReleasePlan(
-        turn_id=str(turn.pk),
-        speaker=turn.speaker,
+        turn_id=str(turn_id),
+        speaker=stream.speaker if stream is not None else speaker,
         room_id=room.pk,
         room_name=room.name,
-        release_at=turn.release_at,
+        release_at=release_at,
         spectators=spectator_count(room),
     )
     if stream is None:
@@ -397,7 +404,6 @@ def _plan_for(turn: Turn, stream: Stream | None, room: Room) -> ReleasePlan:
         plan,
         stream_pk=stream.pk,
         stream_id=stream.stream_id,
-        stream_speaker=stream.speaker,
         duration_ms=stream.duration_ms,
         total_bytes=stream.total_bytes,
         speech_text=stream.speech_text,
@@ -439,7 +445,7 @@ def _release(room: Room, plan: ReleasePlan, batch: EventBatch, now: datetime) ->
     if plan.stream_pk is not None:
         ids = {
             "stream_id": plan.stream_id,
-            "speaker": plan.stream_speaker,
+            "speaker": plan.speaker,
             "turn_id": plan.turn_id,
         }
         batch.add(
@@ -450,30 +456,21 @@ def _release(room: Room, plan: ReleasePlan, batch: EventBatch, now: datetime) ->
                 "speech",
                 {
                     "stream_id": plan.stream_id,
-                    "speaker": plan.stream_speaker,
+                    "speaker": plan.speaker,
                     "text": plan.speech_text,
                 },
             )
         batch.add("input", {"name": "SpeechFinished", **ids})
         batch.add("input", {"name": "AudioEnded", **ids})
-    batch.add(
-        "turn",
-        {
-            "turn_id": plan.turn_id,
-            "speaker": plan.speaker,
-            "status": TurnStatus.RELEASED.value,
-            "reason": "played",
-        },
+    _turn_event(
+        batch,
+        turn_id=plan.turn_id,
+        speaker=plan.speaker,
+        status=TurnStatus.RELEASED.value,
+        reason="played",
     )
     batch.add(
-        "state",
-        {
-            "speaker": None,
-            "turn": None,
-            "stream": None,
-            "spectators": plan.spectators,
-            "last_event_id": room.last_event_id,
-        },
+        "state", free_floor_state(spectators=plan.spectators, last_event_id=room.last_event_id)
     )
     return True
 
@@ -818,7 +815,13 @@ def release_prepare(*, turn_id: Any) -> ReleasePlan | None:
         .only("id", "stream_id", "speaker", "duration_ms", "total_bytes", "speech_text")
         .first()
     )
-    return _plan_for(turn, stream, turn.room)
+    return _plan_for(
+        turn_id=turn.pk,
+        release_at=turn.release_at,
+        room=turn.room,
+        stream=stream,
+        speaker=turn.speaker,
+    )
 
 
 def release_commit(*, plan: ReleasePlan, skip_locked: bool = False) -> bool:
@@ -878,7 +881,7 @@ def turn_expire(*, turn_id: Any) -> bool:
         if stream is not None:
             _interrupt_stream(stream, now)
         batch = EventBatch(room)
-        _turn_event(batch, turn)
+        _turn_changed(batch, turn)
         batch.add("state", room_state(room))
         batch.flush()
         return True
