@@ -28,6 +28,8 @@ urlpatterns = [
     path("", include("recordings.urls")),
     # Speech synthesis (seed 002): /v1/audio/speech..., voices, progress, models, health.
     path("", include("speech.urls")),
+    # Voice agent (seed 003): /v1/audio/transcriptions and the /agent/ page: agents/urls.py.
+    path("", include("agents.urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),

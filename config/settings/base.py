@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "speech",
     "chat",
     "recordings",
+    "agents",
 ]
 
 MIDDLEWARE = [
@@ -237,3 +238,28 @@ PARLEY_OPENAI_TTS_SAMPLE_RATE = env_int("PARLEY_OPENAI_TTS_SAMPLE_RATE", 24000)
 PARLEY_TTS_MAX_VOICE_BYTES = env_int("PARLEY_TTS_MAX_VOICE_BYTES", 10 * 1024 * 1024)
 # A queued/running speech job whose row nobody wrote (heartbeat) this long is marked failed.
 PARLEY_SPEECH_JOB_STALE_S = env_float("PARLEY_SPEECH_JOB_STALE_S", 90.0)
+
+# Voice agent (agents/, docs/agent.md, seed 003).
+# Speech-to-text: "whisper" (offline, faster-whisper + Whisper tiny.en shipped as a package) or
+# "openai" (any OpenAI-compatible /v1/audio/transcriptions server, e.g. another Parley).
+PARLEY_STT_ENGINE = os.environ.get("PARLEY_STT_ENGINE", "whisper")
+PARLEY_STT_URL = os.environ.get("PARLEY_STT_URL", "")  # base URL, e.g. http://host:8000/v1
+PARLEY_STT_KEY = os.environ.get("PARLEY_STT_KEY", "")
+PARLEY_STT_MODEL = os.environ.get("PARLEY_STT_MODEL", "whisper-1")
+PARLEY_STT_TIMEOUT_S = env_float("PARLEY_STT_TIMEOUT_S", 30.0)
+# CPU threads of one Whisper transcription; transcriptions of a process run one at a time.
+PARLEY_STT_THREADS = env_int("PARLEY_STT_THREADS", 2)
+# Largest upload of POST /v1/audio/transcriptions (OpenAI's limit is 25 MB).
+PARLEY_STT_MAX_BYTES = env_int("PARLEY_STT_MAX_BYTES", 25 * 1024 * 1024)
+# Who answers the agent: PARLEY_RESPONDER's chain unless set ("builtin", "llm", "llm,builtin").
+PARLEY_AGENT_RESPONDER = os.environ.get("PARLEY_AGENT_RESPONDER", "")
+# Agent audio goes out at most this far ahead of the listener's playhead.
+PARLEY_AGENT_LEAD_MS = env_int("PARLEY_AGENT_LEAD_MS", 300)
+# Server VAD defaults (session.update's vad overrides them per session).
+PARLEY_AGENT_VAD_THRESHOLD = env_float("PARLEY_AGENT_VAD_THRESHOLD", 0.5)
+PARLEY_AGENT_SILENCE_MS = env_int("PARLEY_AGENT_SILENCE_MS", 600)
+PARLEY_AGENT_BARGE_IN_MS = env_int("PARLEY_AGENT_BARGE_IN_MS", 200)
+# Longest user utterance kept for transcription; longer speech ends the turn there.
+PARLEY_AGENT_MAX_UTTERANCE_S = env_float("PARLEY_AGENT_MAX_UTTERANCE_S", 60.0)
+# Largest WebSocket frame of /ws/agent (binary audio or JSON with base64 audio).
+PARLEY_AGENT_MAX_FRAME_BYTES = env_int("PARLEY_AGENT_MAX_FRAME_BYTES", 256 * 1024)
