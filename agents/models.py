@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models import Q
 
 from streams.models import Room, Stream
 
@@ -38,12 +39,19 @@ class AgentSession(models.Model):
     output_format = models.JSONField(default=dict, blank=True)
     client_info = models.JSONField(default=dict, blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
+    # Refreshed while the socket is open: a session of a crashed worker stops holding its room.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["room", "ended_at"], name="agent_session_room_open")]
+        constraints = [
+            # One live agent per room, whatever the number of workers.
+            models.UniqueConstraint(
+                fields=["room"], condition=Q(ended_at__isnull=True), name="one_live_agent_per_room"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"agent session {self.id} in {self.room_id}"

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from agents.consumers import AgentConsumer
 from recordings.consumers import StreamingConsumer
 from spectate.consumers import SpectatorConsumer
 from speech.consumers import JobProgressConsumer
@@ -10,4 +11,6 @@ websocket_urlpatterns = [
     path("v1/status/progress/ws", JobProgressConsumer.as_asgi()),
     path("v1/status/progress/<str:job_id>/ws", JobProgressConsumer.as_asgi()),
     path("ws/streaming", StreamingConsumer.as_asgi()),
+    # The voice agent (seed 003): agents/consumers.py, docs/agent.md.
+    path("ws/agent", AgentConsumer.as_asgi()),
 ]

@@ -624,6 +624,21 @@ async def _plan(
     return _Plan(engine, engine_name, registry.kind_of(engine_name), engine_voice, voice_sample)
 
 
+async def voice_check(*, voice: str | None, model: str | None = None) -> dict[str, str]:
+    """Resolve `voice` (and `model`) as a synthesis would, without synthesizing.
+
+    Returns ``{"engine": <engine name>, "voice": <engine voice id>}``; raises the ApiError a
+    synthesis would (``voice_not_found``/``unknown_voice`` with field ``voice``,
+    ``engine_unavailable`` 503, ...). Used by surfaces that accept a voice long before they
+    speak (the voice agent's ``session.update``).
+    """
+    plan = await _plan(model=model, voice=voice, speed=1.0, voice_sample=None)
+    return {
+        "engine": plan.engine_name,
+        "voice": plan.engine_voice or (plan.engine.default_voice or ""),
+    }
+
+
 # --- the stream ----------------------------------------------------------------------------
 
 

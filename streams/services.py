@@ -171,11 +171,14 @@ def floor_claim(*, room_name: str, speaker: str) -> tuple[Turn, bool]:
         return turn, True
 
 
-def _interrupt_stream(stream: Stream, now: datetime) -> None:
+def _interrupt_stream(stream: Stream, now: datetime, heard_text: str | None = None) -> None:
     stream.heard_ms = min(stream_heard_ms(stream, now), _duration_ms(stream))
+    if heard_text is not None:
+        # What the listener heard of a cut reply is its text from now on (voice agent).
+        stream.speech_text = heard_text
     stream.status = StreamStatus.INTERRUPTED
     stream.ended_at = now
-    stream.save(update_fields=["heard_ms", "status", "ended_at"])
+    stream.save(update_fields=["heard_ms", "status", "ended_at", "speech_text"])
     Utterance.objects.update_or_create(
         stream=stream,
         defaults={
@@ -196,8 +199,20 @@ def _live_stream(turn: Turn) -> Stream | None:
     )
 
 
-def floor_yield(*, room_name: str, speaker: str | None, force: bool) -> Turn:
-    """The holder gives the floor up, or a moderator (force) cuts the speaker off."""
+def floor_yield(
+    *,
+    room_name: str,
+    speaker: str | None,
+    force: bool,
+    heard_text: str | None = None,
+    reason: str | None = None,
+) -> Turn:
+    """The holder gives the floor up, or a moderator (force) cuts the speaker off.
+
+    `heard_text`, when given, is what the listener heard of the stream being cut off (a voice
+    agent's barge-in): it becomes the stream's and utterance's text and is published as a
+    `speech` event marked `interrupted`, with `heard_ms`, before the turn event.
+    """
     now = timezone.now()
     with transaction.atomic():
         room = _lock_room(room_name)
@@ -215,12 +230,22 @@ def floor_yield(*, room_name: str, speaker: str | None, force: bool) -> Turn:
         stream = _live_stream(turn)
         batch = EventBatch(room)
         if stream is not None:
-            _interrupt_stream(stream, now)
+            _interrupt_stream(stream, now, heard_text)
+            if heard_text:
+                batch.add(
+                    "speech",
+                    {
+                        "stream_id": stream.stream_id,
+                        "speaker": stream.speaker,
+                        "text": heard_text,
+                        "interrupted": True,
+                        "heard_ms": stream.heard_ms,
+                    },
+                )
             turn.status = TurnStatus.INTERRUPTED
-            turn.reason = "forced" if force else "yielded"
         else:
             turn.status = TurnStatus.RELEASED
-            turn.reason = "forced" if force else "yielded"
+        turn.reason = reason or ("forced" if force else "yielded")
         turn.ended_at = now
         turn.save(update_fields=["status", "reason", "ended_at"])
         _turn_changed(batch, turn)
