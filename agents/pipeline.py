@@ -115,12 +115,19 @@ class UserTurn:
 
 
 @dataclass
+class ExchangeRecord:
+    """The Exchange row of a turn; its pk is known once the ordered writer created it."""
+
+    pk: int | None = None
+
+
+@dataclass
 class Reply:
     """One agent reply: the responder's text, its audio on the listener's playhead."""
 
     utterance_id: str
     stream_id: str
-    exchange_id: int | None
+    record: ExchangeRecord
     user_text: str
     user_utterance_id: str
     end_of_turn_at: float
@@ -402,7 +409,8 @@ class AgentSession:
         try:
             fmt = self._input_or_implicit("")
             check_frames(data, fmt)
-            for piece in self.window.push(None, data):
+            ready, _ = self.window.push(None, data)
+            for piece in ready:
                 self.feed(piece)
         except ProtocolError as error:
             self.refuse(error)
@@ -505,8 +513,16 @@ class AgentSession:
                 f"({self.client_utterance!r}); send user.audio.start first.",
                 "utteranceId",
             )
-        for piece in self.window.push(chunk.sequence, chunk.audio):
+        ready, gap = self.window.push(chunk.sequence, chunk.audio)
+        for piece in ready:
             self.feed(piece)
+        if gap is not None:
+            raise ProtocolError(
+                "sequence_gap",
+                f"sequence {chunk.sequence} is more than {self.window.window} chunks ahead: "
+                f"chunks {gap[0]}-{gap[1]} are taken as lost and the utterance goes on.",
+                "sequence",
+            )
 
     async def on_user_audio_end(self, body: Frame) -> None:
         uid = utterance_id(body, required=False)
@@ -567,14 +583,18 @@ class AgentSession:
                 "utteranceId",
             )
         # Server VAD: a client may just stream microphone audio in the default format.
-        self._open_client_stream(uid or f"mic-{uuid.uuid4().hex[:8]}", AudioFormat())
+        self._open_client_stream(
+            uid or f"mic-{uuid.uuid4().hex[:8]}", AudioFormat(), uid_given=False
+        )
         return self.input_format  # type: ignore[return-value]
 
-    def _open_client_stream(self, uid: str, fmt: AudioFormat) -> None:
+    def _open_client_stream(self, uid: str, fmt: AudioFormat, *, uid_given: bool = True) -> None:
         self.client_utterance = uid
         self.client_turns = 0
         self.input_format = fmt
-        self.window = SequenceWindow()
+        # Sequences count from 0 per utterance; a microphone streamed without a start takes
+        # its first number as given.
+        self.window = SequenceWindow(first=0 if uid_given else None)
         self.resampler = (
             None
             if fmt.sample_rate_hz == RATE
@@ -685,7 +705,9 @@ class AgentSession:
         self.client_turns += 1
         base = self.client_utterance or "mic"
         uid = base if self.client_turns == 1 else f"{base}-{self.client_turns}"
-        onset = self.detector.onset_ms or self.detector.position_ms
+        onset = self.detector.onset_ms
+        if onset is None:
+            onset = self.detector.position_ms
         self._begin_turn(uid, onset)
         turn = self.turn
         assert turn is not None
@@ -811,9 +833,12 @@ class AgentSession:
         metrics: dict[str, Any] | None = None,
     ) -> None:
         index = self.exchanges
+        record = ExchangeRecord()
+        fields = {"source": source, "user_utterance_id": uid[:128], "user_stream": stream_id}
+        self.core_ops.put_nowait(lambda: self._create_exchange(record, index, fields))
         task = self._spawn(
             self._exchange(
-                index, uid, stream_id, source, end_at, text, turn, spec, dict(metrics or {})
+                index, record, uid, source, end_at, text, turn, spec, dict(metrics or {})
             )
         )
         self.pending = task
@@ -821,8 +846,8 @@ class AgentSession:
     async def _exchange(
         self,
         index: int,
+        record: ExchangeRecord,
         uid: str,
-        stream_id: str,
         source: str,
         end_at: float,
         text: str,
@@ -862,13 +887,14 @@ class AgentSession:
                 self._finish_user_stream(turn, "")
             self.pending = None
             return
+        self._update_exchange(record, {"transcript": text})
         if not text:
             self.pending = None
             return  # nothing was said (a noise): no reply
         reply = Reply(
             utterance_id=f"reply-{index}",
             stream_id=f"agent-{self.id.hex}-{index}",
-            exchange_id=None,
+            record=record,
             user_text=text,
             user_utterance_id=uid,
             end_of_turn_at=end_at,
@@ -880,14 +906,7 @@ class AgentSession:
         )
         self.reply = reply
         reply.task = asyncio.current_task()
-        fields = {
-            "source": source,
-            "user_utterance_id": uid[:128],
-            "user_stream": stream_id,
-            "transcript": text,
-            "reply_utterance_id": reply.utterance_id,
-        }
-        self.core_ops.put_nowait(lambda: self._create_exchange(reply, index, fields))
+        self._update_exchange(record, {"reply_utterance_id": reply.utterance_id})
         try:
             await self._speak(reply)
         except asyncio.CancelledError:
@@ -910,10 +929,19 @@ class AgentSession:
             if self.pending is asyncio.current_task():
                 self.pending = None
 
-    async def _create_exchange(self, reply: Reply, index: int, fields: dict[str, Any]) -> None:
-        reply.exchange_id = await runtime.run_db(
+    async def _create_exchange(
+        self, record: ExchangeRecord, index: int, fields: dict[str, Any]
+    ) -> None:
+        record.pk = await runtime.run_db(
             services.exchange_create, session_id=str(self.id), index=index, fields=fields
         )
+
+    def _update_exchange(self, record: ExchangeRecord, fields: dict[str, Any]) -> None:
+        async def write() -> None:
+            if record.pk is not None:
+                await runtime.run_db(services.exchange_update, exchange_id=record.pk, fields=fields)
+
+        self.core_ops.put_nowait(write)
 
     async def _speak(self, reply: Reply) -> None:
         """Responder → sentences → TTS → paced agent.audio.chunk frames."""
@@ -1136,11 +1164,5 @@ class AgentSession:
             "metrics": {k: v for k, v in metrics.items() if k != "type"},
         }
 
-        async def write() -> None:
-            if reply.exchange_id is not None:
-                fields["ended_at"] = timezone.now()
-                await runtime.run_db(
-                    services.exchange_update, exchange_id=reply.exchange_id, fields=fields
-                )
-
-        self.core_ops.put_nowait(write)
+        fields["ended_at"] = timezone.now()
+        self._update_exchange(reply.record, fields)

@@ -231,55 +231,51 @@ def parse_chunk(body: dict[str, Any], fmt: AudioFormat) -> Chunk:
 class SequenceWindow:
     """Puts an utterance's chunks back in ``sequence`` order within a small window.
 
-    ``push(sequence, data)`` returns the chunks now in order (possibly none, possibly several);
-    a duplicate (already delivered or already waiting) returns ``[]`` and counts in
-    ``duplicates``; a sequence further ahead than ``window`` chunks, or one that fell behind
-    the window, raises ProtocolError ``sequence_out_of_order``. Memory is bounded by
-    ``window`` chunks.
+    ``push(sequence, data)`` returns ``(ready, gap)``: the chunks now in order (possibly none,
+    possibly several) and, when the client skipped ahead, the ``(first, last)`` sequences given
+    up on. A duplicate (already delivered or already waiting) returns nothing and counts in
+    ``duplicates``. A chunk more than ``window`` ahead of the next expected one means the
+    missing ones are lost: they are skipped (reported as the gap) and the stream goes on from
+    the chunks that did arrive. Memory is bounded by ``window`` chunks.
     """
 
-    def __init__(self, window: int = 8, first: int | None = None) -> None:
+    def __init__(self, window: int = 8, first: int | None = 0) -> None:
         self.window = window
         self.expected = first
         self.pending: dict[int, bytes] = {}
         self.duplicates = 0
 
-    def push(self, sequence: int | None, data: bytes) -> list[bytes]:
+    def push(self, sequence: int | None, data: bytes) -> tuple[list[bytes], tuple[int, int] | None]:
         if sequence is None:  # binary frames and chunks without a number: next in order
             if self.expected is not None:
                 self.expected += 1
-            return [data]
+            return [data], None
         if self.expected is None:
             self.expected = sequence
         if sequence < self.expected or sequence in self.pending:
-            if sequence < self.expected - 4 * self.window:
-                raise ProtocolError(
-                    "sequence_out_of_order",
-                    f"sequence {sequence} is far behind the next expected ({self.expected}).",
-                    "sequence",
-                )
             self.duplicates += 1
-            return []
-        if sequence >= self.expected + self.window:
-            raise ProtocolError(
-                "sequence_out_of_order",
-                f"sequence {sequence} is more than {self.window} ahead of the next expected "
-                f"({self.expected}); chunks are reordered only within that window.",
-                "sequence",
-            )
-        self.pending[sequence] = data
+            return [], None
+        gap = None
         ready: list[bytes] = []
+        if sequence >= self.expected + self.window:
+            # The missing chunks are not coming: play what waits, then go on from here.
+            first_missing = self.expected
+            ready = self.skip_gap()
+            if sequence > self.expected:
+                gap = (first_missing if not ready else self.expected, sequence - 1)
+                gap = (min(gap[0], sequence - 1), sequence - 1)
+                self.expected = sequence
+        self.pending[sequence] = data
         while self.expected in self.pending:
             ready.append(self.pending.pop(self.expected))
             self.expected += 1
-        return ready
+        return ready, gap
 
     def skip_gap(self) -> list[bytes]:
         """Give up on the missing chunk(s): what waits behind the gap, in order."""
         ready: list[bytes] = []
         while self.pending:
-            first = min(self.pending)
-            self.expected = first
+            self.expected = min(self.pending)
             while self.expected in self.pending:
                 ready.append(self.pending.pop(self.expected))
                 self.expected += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 from typing import Any
@@ -112,10 +113,8 @@ async def agent_connect():
 
     yield connect
     for client in opened:
-        try:
+        with contextlib.suppress(Exception):
             await client.close()
-        except Exception:
-            pass
 
 
 def audio_of(frames: list[dict[str, Any]]) -> bytes:
