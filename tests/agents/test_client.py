@@ -74,3 +74,19 @@ def test_a_typed_question(daphne, tmp_path: Path):
     result = run_client(daphne, "--text", "say hello from the terminal")
     assert result.returncode == 0, result.stderr
     assert "agent: hello from the terminal" in result.stdout
+
+
+def test_the_readme_example_works_as_written(daphne, tmp_path: Path):
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Voice agent") :]
+    code = section[section.index("```python\n") + 10 :]
+    code = code[: code.index("```")]
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("127.0.0.1:8000", f"127.0.0.1:{daphne.port}"))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "hello, traveller"
+    assert float(lines[2].split()[0]) > 0.5
