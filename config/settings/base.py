@@ -178,6 +178,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "config.schema.add_async_endpoints",
         "speech.openapi.add_speech_endpoints",
+        "agents.openapi.add_agent_endpoints",
     ],
 }
 
