@@ -133,6 +133,9 @@ class Reply:
     end_of_turn_at: float
     playout: Playout
     metrics: dict[str, Any]
+    # Fixed when the reply starts: a session.update mid-reply applies to the next one.
+    fmt: AudioFormat = field(default_factory=AudioFormat)
+    voice: str | None = None
     task: asyncio.Task | None = None
     text: str = ""
     spans: list[SpokenSpan] = field(default_factory=list)
@@ -903,6 +906,8 @@ class AgentSession:
                 lead_s=settings.PARLEY_AGENT_LEAD_MS / 1000,
             ),
             metrics=metrics,
+            fmt=self.output_format,
+            voice=self.voice,
         )
         self.reply = reply
         reply.task = asyncio.current_task()
@@ -1009,7 +1014,7 @@ class AgentSession:
             stream_id=reply.stream_id,
             seq=reply.core_seq,
             data=b"",
-            sample_rate_hz=self.output_format.sample_rate_hz,
+            sample_rate_hz=reply.fmt.sample_rate_hz,
             done=True,
             text=reply.text,
         )
@@ -1033,15 +1038,15 @@ class AgentSession:
         sentence = reply.text[start:end] if end <= len(reply.text) else ""
         if not sentence.strip():
             return
-        piece = self.output_format.bytes_per_second * AGENT_CHUNK_MS // 1000
+        piece = reply.fmt.bytes_per_second * AGENT_CHUNK_MS // 1000
         audio_start = reply.produced
         words: list[tuple[int, int]] = []
         reply.current = SpokenSpan(start, end, audio_start, audio_start)
         chunks = synthesis_stream(
             text=sentence,
             model=None,
-            voice=self.voice,
-            sample_rate=self.output_format.sample_rate_hz,
+            voice=reply.voice,
+            sample_rate=reply.fmt.sample_rate_hz,
             job_kind="agent",
             endpoint="/ws/agent",
         )
@@ -1089,7 +1094,7 @@ class AgentSession:
             stream_id=reply.stream_id,
             seq=reply.core_seq,
             data=pcm,
-            sample_rate_hz=self.output_format.sample_rate_hz,
+            sample_rate_hz=reply.fmt.sample_rate_hz,
         )
         reply.core_seq += 1
 

@@ -114,3 +114,25 @@ async def test_agent_interrupt_from_the_client_and_text_input(agent_connect):
     done = await client.until("agent.text.done", utteranceId="reply-2")
     assert "4" in done["text"]
     await client.until("agent.audio.end", utteranceId="reply-2")
+
+
+async def test_output_format_and_voice_apply_from_the_next_reply(agent_connect):
+    from tests.agents.conftest import audio_of
+
+    client = await agent_connect()
+    await client.send(type="session.update", output_format={"sample_rate_hz": 24000}, voice="nova")
+    updated = await client.until("session.updated")
+    assert updated["session"]["output_format"]["sample_rate_hz"] == 24000
+    assert updated["session"]["voice"] == "nova" and updated["session"]["tts"]["engine"]
+    await client.send(type="text.input", text=LONG)
+    await client.until("agent.audio.chunk")
+    # Changed mid-reply: this reply keeps its format; the next one takes the new one.
+    await client.send(type="session.update", output_format={"sample_rate_hz": 8000})
+    await client.until("session.updated")
+    end = await client.until("agent.audio.end", timeout=60)
+    first = [f for f in client.frames if f.get("utteranceId") == "reply-1"]
+    assert abs(len(audio_of(first)) / 48 - end["duration_ms"]) <= 1
+    await client.send(type="text.input", text="say hi")
+    end = await client.until("agent.audio.end", utteranceId="reply-2")
+    second = [f for f in client.frames if f.get("utteranceId") == "reply-2"]
+    assert abs(len(audio_of(second)) / 16 - end["duration_ms"]) <= 1
