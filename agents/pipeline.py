@@ -570,6 +570,8 @@ class AgentSession:
             done=True,
             text=text.strip(),
         )
+        # The typed turn is the user's final transcript, so every client reads turns alike.
+        self.emit({"type": "transcript.final", "utteranceId": uid, "text": text.strip()})
         self._start_exchange(
             uid, stream_id, source="text", end_at=self.loop.time(), text=text.strip()
         )
