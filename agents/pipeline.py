@@ -106,12 +106,32 @@ class UserTurn:
     pcm: bytearray = field(default_factory=bytearray)
     core_sent: int = 0  # bytes of pcm already queued for the core
     core_seq: int = 0
+    finished: bool = False  # its final (done) chunk is queued
     last_speech_byte: int = 0  # end of the last frame the VAD took for speech
     speech_end_at: float | None = None  # loop time the last speech frame was processed
     spec_len: int = -1  # pcm length the speculative transcription covers
     spec_task: asyncio.Task | None = None
     partial_len: int = 0
     partial_task: asyncio.Task | None = None
+
+
+@dataclass
+class Pending:
+    """An exchange that has not started speaking yet.
+
+    While it is ``transcribing`` it is never cancelled: if the user talks on, it is
+    ``superseded`` — it finishes its transcript (a user turn's words are never lost) and
+    hands it to the next exchange, which answers both turns together.
+    """
+
+    task: asyncio.Task
+    turn: UserTurn | None
+    record: ExchangeRecord
+    transcribing: bool = True
+    superseded: bool = False
+    transcript: asyncio.Future = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass
@@ -210,7 +230,8 @@ class AgentSession:
         self.max_turn_bytes = int(settings.PARLEY_AGENT_MAX_UTTERANCE_S * RATE * 2)
         # Output and work.
         self.reply: Reply | None = None
-        self.pending: asyncio.Task | None = None  # an exchange before its reply's first audio
+        self.pending: Pending | None = None  # an exchange before its reply's first audio
+        self.carry_from: Pending | None = None  # a superseded exchange whose words carry over
         self.outbox: asyncio.Queue[Frame | None] = asyncio.Queue()
         self.core_ops: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
@@ -289,7 +310,16 @@ class AgentSession:
             return
         self.closed = True
         if self.pending is not None:
-            self.pending.cancel()
+            pending, self.pending = self.pending, None
+            if pending.transcribing and pending.turn is not None:
+                # No transcript will come: the user's stream and the exchange end here.
+                self._finish_user_stream(pending.turn, "")
+                fields = {
+                    "ended_at": timezone.now(),
+                    "error": "the client left before the transcript",
+                }
+                self._update_exchange(pending.record, fields)
+            pending.task.cancel()
         if self.reply is not None and not self.reply.over:
             self._interrupt("disconnect", notify=False)
         if self.turn is not None:
@@ -748,6 +778,9 @@ class AgentSession:
             turn.core_seq += 1
 
     def _finish_user_stream(self, turn: UserTurn, text: str) -> None:
+        if turn.finished:
+            return
+        turn.finished = True
         self._to_core(turn, final=True)
         self.ingest(
             speaker=self.user_speaker,
@@ -820,10 +853,19 @@ class AgentSession:
 
     # --- exchanges ---------------------------------------------------------------------------
 
+    def _forget(self, state: Pending) -> None:
+        if self.pending is state:
+            self.pending = None
+
     def _cancel_pending(self) -> None:
-        if self.pending is not None and not self.pending.done():
-            self.pending.cancel()
-        self.pending = None
+        pending, self.pending = self.pending, None
+        if pending is None or pending.task.done():
+            return
+        if pending.transcribing:
+            pending.superseded = True
+            self.carry_from = pending
+        else:
+            pending.task.cancel()
 
     def _start_exchange(
         self,
@@ -841,29 +883,56 @@ class AgentSession:
         record = ExchangeRecord()
         fields = {"source": source, "user_utterance_id": uid[:128], "user_stream": stream_id}
         self.core_ops.put_nowait(lambda: self._create_exchange(record, index, fields))
-        task = self._spawn(
+        carry, self.carry_from = self.carry_from, None
+        state = Pending(task=None, turn=turn, record=record)  # type: ignore[arg-type]
+        state.task = self._spawn(
             self._exchange(
-                index, record, uid, source, end_at, text, turn, spec, dict(metrics or {})
+                state, index, uid, source, end_at, text, carry, spec, dict(metrics or {})
             )
         )
-        self.pending = task
+        self.pending = state
 
     async def _exchange(
         self,
+        state: Pending,
         index: int,
-        record: ExchangeRecord,
         uid: str,
         source: str,
         end_at: float,
         text: str,
-        turn: UserTurn | None,
+        carry: Pending | None,
         spec: asyncio.Task | None,
         metrics: dict[str, Any],
     ) -> None:
+        try:
+            await self._exchange_steps(
+                state, index, uid, source, end_at, text, carry, spec, metrics
+            )
+        finally:
+            if not state.transcript.done():
+                state.transcript.set_result("")
+
+    async def _exchange_steps(
+        self,
+        state: Pending,
+        index: int,
+        uid: str,
+        source: str,
+        end_at: float,
+        text: str,
+        carry: Pending | None,
+        spec: asyncio.Task | None,
+        metrics: dict[str, Any],
+    ) -> None:
+        turn, record = state.turn, state.record
         metrics.update(stt_speculative=False, stt_ms=0, stt_compute_ms=0)
         carried, self.carry_text = self.carry_text, ""
         final_sent = False
         try:
+            if carry is not None:
+                # Words of a turn the user went on from: answered together with this one.
+                earlier = await asyncio.shield(carry.transcript)
+                carried = f"{carried} {earlier}".strip()
             if turn is not None:
                 if spec is not None:
                     metrics["stt_speculative"] = True
@@ -876,6 +945,7 @@ class AgentSession:
                 final_sent = True
                 self._finish_user_stream(turn, text)
             text = f"{carried} {text}".strip() if carried else text
+            state.transcribing = False
         except asyncio.CancelledError:
             if turn is not None and not final_sent:
                 self._finish_user_stream(turn, "")
@@ -890,11 +960,20 @@ class AgentSession:
             )
             if turn is not None:
                 self._finish_user_stream(turn, "")
-            self.pending = None
+            state.transcript.set_result(carried)
+            self._update_exchange(record, {"ended_at": timezone.now(), "error": str(error)[:255]})
+            self._forget(state)
+            return
+        if state.superseded:
+            # The user went on talking: the next exchange answers this turn's words too.
+            state.transcript.set_result(text)
+            fields = {"transcript": text, "ended_at": timezone.now(), "error": "superseded"}
+            self._update_exchange(record, fields)
             return
         self._update_exchange(record, {"transcript": text})
         if not text:
-            self.pending = None
+            self._update_exchange(record, {"ended_at": timezone.now()})
+            self._forget(state)
             return  # nothing was said (a noise): no reply
         reply = Reply(
             utterance_id=f"reply-{index}",
@@ -933,8 +1012,7 @@ class AgentSession:
             )
             reply.over = True
             self._record_reply(reply, error=f"{code}: {error}"[:255])
-            if self.pending is asyncio.current_task():
-                self.pending = None
+            self._forget(state)
 
     async def _create_exchange(
         self, record: ExchangeRecord, index: int, fields: dict[str, Any]
@@ -1000,7 +1078,8 @@ class AgentSession:
                 with contextlib.suppress(BaseException):
                     await producer
         reply.sending_done = True
-        self.pending = None
+        if self.pending is not None and self.pending.task is reply.task:
+            self.pending = None
         duration_ms = _ms(reply.playout.duration_s)
         self.emit(
             {
@@ -1110,7 +1189,7 @@ class AgentSession:
         current = asyncio.current_task()
         if reply.task is not None and reply.task is not current and not reply.task.done():
             reply.task.cancel()
-        if self.pending is reply.task:
+        if self.pending is not None and self.pending.task is reply.task:
             self.pending = None
         heard_ms, heard = reply.heard(now)
         if notify:
