@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,8 +15,24 @@ from streams.services import ROOM_NAME_RE
 CLOSE_BAD_REQUEST = 4400
 
 
+# Sessions closing after their consumer was cancelled, kept referenced until done.
+_closing: set[asyncio.Task] = set()
+
+
 class AgentConsumer(AsyncWebsocketConsumer):
     session: AgentSession | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # daphne cancels an application that is slow to finish after a disconnect (a
+            # backlog of frames): disconnect() never runs then, but the session must end.
+            if self.session is not None:
+                session, self.session = self.session, None
+                task = asyncio.ensure_future(session.close("disconnect"))
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
 
     async def connect(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))

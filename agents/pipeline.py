@@ -20,6 +20,7 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -37,10 +38,13 @@ from agents.engines.stt import SttEngine, SttError
 from agents.engines.vad import FRAME_SAMPLES, TurnDetector, VadConfig, VadConfigError, VadStream
 from agents.playout import Playout, SpokenSpan, heard_text
 from agents.protocol import (
+    MAX_INSTRUCTIONS_CHARS,
+    MAX_TEXT_CHARS,
     AudioFormat,
     ProtocolError,
     SequenceWindow,
     check_frames,
+    check_text,
     parse_chunk,
     parse_format,
     parse_frame,
@@ -65,8 +69,16 @@ ERROR_BUDGET = 100  # refused frames per ERROR_WINDOW_S before the client counts
 ERROR_WINDOW_S = 10.0
 AUDIO_BURST_S = 30.0  # audio a client may send ahead of real time...
 AUDIO_REFILL = 4.0  # ...refilled at this many times real time
-CLOSE_POLICY = 1008
+# 1008 (policy violation) is what the situation calls for, but daphne's autobahn only sends
+# 1000 or 3000-4999: 4008 is the application-range twin.
+CLOSE_POLICY = 4008
 CLOSE_ROOM_TAKEN = 4409
+FLOOR_WAIT_S = 3.0  # how long a side's audio waits while another speaker holds the floor
+OWN_FLOOR_WAIT_S = 120.0  # ...and while the session's other side is still playing in the room
+TEXT_BURST = 5  # typed turns a client may send at once...
+TEXT_REFILL_S = 1.0  # ...then one per this many seconds
+# Sessions closing in the background (their floor writes finish after the socket is gone).
+_closing: set[asyncio.Task] = set()
 
 Frame = dict[str, Any]
 
@@ -106,6 +118,8 @@ class UserTurn:
     pcm: bytearray = field(default_factory=bytearray)
     core_sent: int = 0  # bytes of pcm already queued for the core
     core_seq: int = 0
+    index: int = 0  # its exchange's number in the session
+    record: ExchangeRecord | None = None  # once the turn has ended
     finished: bool = False  # its final (done) chunk is queued
     last_speech_byte: int = 0  # end of the last frame the VAD took for speech
     speech_end_at: float | None = None  # loop time the last speech frame was processed
@@ -136,9 +150,10 @@ class Pending:
 
 @dataclass
 class ExchangeRecord:
-    """The Exchange row of a turn; its pk is known once the ordered writer created it."""
+    """The Exchange row of a turn; its pk is known once the records writer created it."""
 
     pk: int | None = None
+    created: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -174,7 +189,11 @@ class Reply:
 
     def heard(self, now: float) -> tuple[int, str]:
         heard_bytes = self.playout.heard_bytes(now)
-        spans = [*self.spans, *([self.current] if self.current else [])]
+        current = self.current
+        spans = [
+            *self.spans,
+            *([current] if current and current.audio_end > current.audio_start else []),
+        ]
         return _ms(heard_bytes / self.playout.bytes_per_second), heard_text(
             self.text, spans, heard_bytes
         )
@@ -233,7 +252,14 @@ class AgentSession:
         self.pending: Pending | None = None  # an exchange before its reply's first audio
         self.carry_from: Pending | None = None  # a superseded exchange whose words carry over
         self.outbox: asyncio.Queue[Frame | None] = asyncio.Queue()
-        self.core_ops: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        # Two ordered writers: the room's audio (which may wait for the floor) and the
+        # records (which never wait for anything but the database).
+        self.floor_ops: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        self.record_ops: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        self.off_floor: set[str] = set()  # streams the room never got (the floor was held)
+        self.text_credit = float(TEXT_BURST)
+        self.text_credit_at = self.loop.time()
+        self.closing = False
         self.tasks: set[asyncio.Task] = set()
         self.errors: collections.deque[float] = collections.deque()
         self.audio_credit = AUDIO_BURST_S
@@ -298,7 +324,8 @@ class AgentSession:
             self.closed = True
             return False
         self.started = True
-        self._spawn(self._core_writer())
+        self._spawn(self._writer(self.floor_ops), name="floor-writer")
+        self._spawn(self._writer(self.record_ops), name="records-writer")
         self._spawn(self._heartbeat())
         self._spawn(self.stt.warm())
         self.emit({"type": "session.created", "session": self.session_info()})
@@ -326,27 +353,32 @@ class AgentSession:
             self._finish_user_stream(self.turn, "")
             self.turn = None
         if self.started:
-            self.core_ops.put_nowait(
+            self.record_ops.put_nowait(
                 lambda: runtime.run_db(
                     services.agent_session_end, session_id=str(self.id), reason=reason
                 )
             )
-            self.core_ops.put_nowait(None)
+            self.record_ops.put_nowait(None)
+            self.floor_ops.put_nowait(None)
         self.outbox.put_nowait(None)
-        # Let the ordered writes finish (records complete), but never hang a disconnect.
-        writers = [t for t in self.tasks if t.get_name() == "core-writer"]
-        if writers:
+        writers = {t.get_name(): t for t in self.tasks}
+        # The records are complete before the close returns (database time only)...
+        if "records-writer" in writers:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(writers[0]), timeout=10)
+                await asyncio.wait_for(asyncio.shield(writers["records-writer"]), timeout=10)
+        # ...and the room gets the rest of the audio in the background: a floor wait is
+        # bounded (FLOOR_WAIT_S, OWN_FLOOR_WAIT_S), never a reason to keep a socket.
         for task in list(self.tasks):
-            task.cancel()
+            if task.get_name() == "floor-writer":
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+            else:
+                task.cancel()
 
     def _spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         if name:
             task.set_name(name)
-        elif getattr(coro, "__name__", "") == "_core_writer":
-            task.set_name("core-writer")
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -380,30 +412,42 @@ class AgentSession:
         self.errors.append(now)
         while self.errors and self.errors[0] < now - ERROR_WINDOW_S:
             self.errors.popleft()
-        if len(self.errors) > ERROR_BUDGET and not self.closed:
+        if len(self.errors) > ERROR_BUDGET and not self.closed and not self.closing:
+            self.closing = True
             self._spawn(self._close(CLOSE_POLICY, "too many invalid frames"))
 
     # --- ordered database work ------------------------------------------------------------
 
     def db(self, fn: Callable[..., Any], **kwargs: Any) -> None:
-        """Queue a write; writes run one after another, in the order they were queued."""
-        self.core_ops.put_nowait(lambda: runtime.run_db(fn, **kwargs))
+        """Queue a record write; they run one after another, in the order queued."""
+        self.record_ops.put_nowait(lambda: runtime.run_db(fn, **kwargs))
 
-    async def _core_writer(self) -> None:
-        while (op := await self.core_ops.get()) is not None:
+    async def _writer(self, ops: asyncio.Queue) -> None:
+        while (op := await ops.get()) is not None:
             try:
                 await op()
             except Exception as error:  # a record must not stop the conversation
                 logger.warning("agent session %s: write failed: %r", self.id, error)
 
     async def _heartbeat(self) -> None:
+        # Written directly, not queued: a write waiting for the floor must not make a live
+        # session look dead.
         while True:
             await asyncio.sleep(services.HEARTBEAT_S)
-            self.db(services.agent_session_heartbeat, session_id=str(self.id))
+            with contextlib.suppress(Exception):
+                await runtime.run_db(services.agent_session_heartbeat, session_id=str(self.id))
 
     async def _ingest(self, *, done: bool = False, text: str = "", **chunk: Any) -> None:
-        """A chunk into the core; waits for the floor while another turn is still playing."""
-        deadline = self.loop.time() + 30
+        """A chunk into the core, in order; waits for the floor while it is held.
+
+        The session's other side still playing in the room (a fast upload is played to
+        spectators in real time) is waited for; another speaker of a shared room only
+        FLOOR_WAIT_S, after which this utterance is not published in the room.
+        """
+        stream_id = chunk["stream_id"]
+        if stream_id in self.off_floor:
+            return
+        waited = 0.0
         while True:
             try:
                 await runtime.run_db(
@@ -411,12 +455,37 @@ class AgentSession:
                 )
                 return
             except ApiError as error:
-                if error.code not in ("floor_held", "floor_busy") or self.loop.time() > deadline:
+                if error.code not in ("floor_held", "floor_busy"):
                     raise
+                holder = (error.extra or {}).get("holder", "")
+                own = holder in (self.user_speaker, self.agent_speaker)
+                if waited > (OWN_FLOOR_WAIT_S if own else FLOOR_WAIT_S):
+                    self.off_floor.add(stream_id)
+                    logger.info(
+                        "agent session %s: %s not published, %s holds the floor",
+                        self.id,
+                        stream_id,
+                        holder,
+                    )
+                    return
                 await asyncio.sleep(0.02)
+                waited += 0.02
 
     def ingest(self, **chunk: Any) -> None:
-        self.core_ops.put_nowait(lambda: self._ingest(**chunk))
+        self.floor_ops.put_nowait(lambda: self._ingest(**chunk))
+
+    def link_stream(self, record: ExchangeRecord, name: str, stream_id: str) -> None:
+        """Once the room has the stream (floor writer), point the exchange at it."""
+
+        async def link() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(record.created.wait(), timeout=10)
+            if record.pk is not None and stream_id not in self.off_floor:
+                await runtime.run_db(
+                    services.exchange_update, exchange_id=record.pk, fields={name: stream_id}
+                )
+
+        self.floor_ops.put_nowait(link)
 
     # --- client frames -----------------------------------------------------------------------
 
@@ -495,17 +564,13 @@ class AgentSession:
             changes["output_format"] = fmt
         if "instructions" in body:
             text = body["instructions"]
-            if text is not None and (not isinstance(text, str) or len(text) > 8000):
-                raise ProtocolError(
-                    "invalid_instructions",
-                    "instructions must be a string of at most 8000 characters.",
-                    "instructions",
-                )
+            if text is not None:
+                check_text(text, "instructions", limit=MAX_INSTRUCTIONS_CHARS)
             changes["instructions"] = text or ""
         if "voice" in body:
             voice = body["voice"]
-            if voice is not None and (not isinstance(voice, str) or not 0 < len(voice) <= 128):
-                raise ProtocolError("invalid_voice", "voice must be a voice name.", "voice")
+            if voice is not None:
+                check_text(voice, "voice", limit=128, empty=False)
             try:
                 changes["tts"] = await voice_check(voice=voice)
             except ApiError as error:
@@ -577,19 +642,27 @@ class AgentSession:
             self._interrupt("client")
 
     async def on_text_input(self, body: Frame) -> None:
-        text = body.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ProtocolError("invalid_text", "text must be a non-empty string.", "text")
-        if len(text) > 4000 or "\x00" in text:
+        text = check_text(body.get("text"), "text", limit=MAX_TEXT_CHARS, empty=False)
+        now = self.loop.time()
+        self.text_credit = min(
+            TEXT_BURST, self.text_credit + (now - self.text_credit_at) / TEXT_REFILL_S
+        )
+        self.text_credit_at = now
+        if self.text_credit < 1:
             raise ProtocolError(
-                "invalid_text", "text must be at most 4000 characters, without NUL.", "text"
+                "rate_limited",
+                f"Typed turns come faster than one per {TEXT_REFILL_S:.0f} s (after a burst of "
+                f"{TEXT_BURST}): this one was dropped.",
+                "text",
             )
+        self.text_credit -= 1
         if self.reply is not None and self.reply.speaking(self.loop.time()):
             self._interrupt("client")
         self._cancel_pending()
         self.exchanges += 1
-        uid = f"text-{self.exchanges}"
-        stream_id = f"user-{self.id.hex}-{self.exchanges}"
+        index = self.exchanges
+        uid = f"text-{index}"
+        stream_id = f"user-{self.id.hex}-{index}"
         # A typed turn is a user utterance without audio: the core's no-audio mode.
         self.ingest(
             speaker=self.user_speaker,
@@ -602,9 +675,10 @@ class AgentSession:
         )
         # The typed turn is the user's final transcript, so every client reads turns alike.
         self.emit({"type": "transcript.final", "utteranceId": uid, "text": text.strip()})
-        self._start_exchange(
-            uid, stream_id, source="text", end_at=self.loop.time(), text=text.strip()
+        record = self._start_exchange(
+            index, uid, source="text", end_at=self.loop.time(), text=text.strip()
         )
+        self.link_stream(record, "user_stream", stream_id)
 
     # --- input audio -------------------------------------------------------------------------
 
@@ -696,8 +770,11 @@ class AgentSession:
         turn = self.turn
         if turn is None:
             self.preroll.append(frame)
-            keep = max(1, self.vad_config.prefix_padding_ms // 32 + 1)
-            while len(self.preroll) > keep + detector.speech_ms // 32:
+            # The padding before an onset, plus the speech a barge-in must hold: bounded
+            # whatever the VAD sees while no turn is open.
+            held = min(detector.speech_ms, self.vad_config.barge_in_ms + 256)
+            keep = max(1, self.vad_config.prefix_padding_ms // 32 + 1) + held // 32
+            while len(self.preroll) > keep:
                 self.preroll.popleft()
             if self.turn_detection != "server_vad" or detector.onset_ms is None:
                 return
@@ -733,6 +810,12 @@ class AgentSession:
             return
         if len(turn.pcm) >= self.max_turn_bytes:
             self._end_turn("max_length")
+            if self.turn_detection == "manual" and self.client_utterance is not None:
+                # The client's utterance goes on: so does the user's speech, as a new turn.
+                self.client_turns += 1
+                base = self.client_utterance
+                self._cancel_pending()  # its words are answered with the rest
+                self._begin_turn(f"{base}-{self.client_turns + 1}", self.detector.position_ms)
             return
         self._speculate(turn)
 
@@ -760,6 +843,7 @@ class AgentSession:
             stream_id=f"user-{self.id.hex}-{self.exchanges}",
             onset_ms=onset_ms,
             started_at=self.loop.time(),
+            index=self.exchanges,
         )
         self.emit({"type": "user.speech.started", "utteranceId": uid, "audio_start_ms": onset_ms})
 
@@ -791,6 +875,8 @@ class AgentSession:
             done=True,
             text=text,
         )
+        if turn.record is not None:
+            self.link_stream(turn.record, "user_stream", turn.stream_id)
 
     def _speculate(self, turn: UserTurn) -> None:
         """Transcribe while the user pauses (and now and then while they talk)."""
@@ -841,9 +927,9 @@ class AgentSession:
             if reason == "vad" and turn.speech_end_at is not None
             else None
         )
-        self._start_exchange(
+        turn.record = self._start_exchange(
+            turn.index,
             turn.utterance_id,
-            turn.stream_id,
             source="audio",
             end_at=now,
             turn=turn,
@@ -869,8 +955,8 @@ class AgentSession:
 
     def _start_exchange(
         self,
+        index: int,
         uid: str,
-        stream_id: str,
         *,
         source: str,
         end_at: float,
@@ -878,11 +964,10 @@ class AgentSession:
         turn: UserTurn | None = None,
         spec: asyncio.Task | None = None,
         metrics: dict[str, Any] | None = None,
-    ) -> None:
-        index = self.exchanges
+    ) -> ExchangeRecord:
         record = ExchangeRecord()
-        fields = {"source": source, "user_utterance_id": uid[:128], "user_stream": stream_id}
-        self.core_ops.put_nowait(lambda: self._create_exchange(record, index, fields))
+        fields = {"source": source, "user_utterance_id": uid[:128]}
+        self.record_ops.put_nowait(lambda: self._create_exchange(record, index, fields))
         carry, self.carry_from = self.carry_from, None
         state = Pending(task=None, turn=turn, record=record)  # type: ignore[arg-type]
         state.task = self._spawn(
@@ -891,6 +976,7 @@ class AgentSession:
             )
         )
         self.pending = state
+        return record
 
     async def _exchange(
         self,
@@ -990,6 +1076,10 @@ class AgentSession:
             fmt=self.output_format,
             voice=self.voice,
         )
+        previous = self.reply
+        if previous is not None and previous.speaking(self.loop.time()):
+            # Never two replies at once: the newer turn's answer cuts the older one off.
+            self._interrupt("user")
         self.reply = reply
         reply.task = asyncio.current_task()
         self._update_exchange(record, {"reply_utterance_id": reply.utterance_id})
@@ -1017,16 +1107,19 @@ class AgentSession:
     async def _create_exchange(
         self, record: ExchangeRecord, index: int, fields: dict[str, Any]
     ) -> None:
-        record.pk = await runtime.run_db(
-            services.exchange_create, session_id=str(self.id), index=index, fields=fields
-        )
+        try:
+            record.pk = await runtime.run_db(
+                services.exchange_create, session_id=str(self.id), index=index, fields=fields
+            )
+        finally:
+            record.created.set()
 
     def _update_exchange(self, record: ExchangeRecord, fields: dict[str, Any]) -> None:
         async def write() -> None:
             if record.pk is not None:
                 await runtime.run_db(services.exchange_update, exchange_id=record.pk, fields=fields)
 
-        self.core_ops.put_nowait(write)
+        self.record_ops.put_nowait(write)
 
     async def _speak(self, reply: Reply) -> None:
         """Responder → sentences → TTS → paced agent.audio.chunk frames."""
@@ -1100,6 +1193,7 @@ class AgentSession:
             text=reply.text,
         )
         reply.core_seq += 1
+        self.link_stream(reply.record, "agent_stream", reply.stream_id)
         self.history.append(responders.Turn(text=reply.user_text, response=reply.text))
         self._spawn(self._played(reply))
 
@@ -1207,13 +1301,19 @@ class AgentSession:
         self.history.append(responders.Turn(text=reply.user_text, response=heard, interrupted=True))
         reply.metrics.update(interrupted=True, interrupted_by=by, heard_ms=heard_ms)
         if reply.playout.sent_bytes:
-            self.db(
+            # After the reply's chunks on the floor writer, so the room cuts what it has.
+            cut = functools.partial(
+                runtime.run_db,
                 services.agent_cut,
                 room_name=self.room,
                 speaker=self.agent_speaker,
                 heard_text=heard,
+                heard_ms=heard_ms,
                 reason="barge_in" if by in ("vad", "client", "user") else by,
             )
+            if reply.stream_id not in self.off_floor:
+                self.floor_ops.put_nowait(cut)
+            self.link_stream(reply.record, "agent_stream", reply.stream_id)
         self._record_reply(reply, heard_ms=heard_ms, heard_text=heard, interrupted_by=by)
 
     def _record_reply(
@@ -1238,7 +1338,6 @@ class AgentSession:
         metrics.setdefault("heard_ms", heard_ms)
         self.emit(metrics)
         fields = {
-            "agent_stream": reply.stream_id,
             "reply_text": reply.text,
             "heard_text": heard_text,
             "heard_ms": heard_ms,

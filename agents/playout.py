@@ -91,12 +91,14 @@ def heard_text(text: str, spans: list[SpokenSpan], heard_bytes: int) -> str:
     With word marks (eSpeak NG reports them) a word counts once its first sample has played;
     without, the heard fraction of the span is applied to its characters and a word counts
     once its first character is within that fraction. Returns a prefix of ``text`` ending at
-    a word boundary, stripped; all of ``text`` when everything was heard.
+    a word boundary, stripped: "" when nothing was played, the spans' text when all was.
     """
-    if not spans:
+    if not spans or heard_bytes <= 0:
         return ""
     if heard_bytes >= spans[-1].audio_end:
-        return text.strip()
+        # Everything synthesized so far was heard: the text of those spans, not more (the
+        # responder may have written sentences that were never spoken).
+        return text[: spans[-1].text_end].strip()
     cut = 0
     for span in spans:
         if heard_bytes <= span.audio_start:

@@ -111,21 +111,35 @@ def _int(value: Any, field: str, low: int, high: int) -> int:
     return value
 
 
+def check_text(value: Any, field: str, *, limit: int, empty: bool = True) -> str:
+    """A string a database can store: at most ``limit`` characters, no NUL (PostgreSQL text
+    refuses it), no lone surrogate (JSON's ``"\\ud800"`` is not UTF-8); ``empty=False``
+    also refuses a blank one. Raises ProtocolError ``invalid_<field>``."""
+    code = f"invalid_{field.rsplit('.', 1)[-1]}"
+    if not isinstance(value, str):
+        raise ProtocolError(code, f"{field} must be a string.", field)
+    if not empty and not value.strip():
+        raise ProtocolError(code, f"{field} must not be empty.", field)
+    if len(value) > limit:
+        raise ProtocolError(code, f"{field} must be at most {limit} characters.", field)
+    if "\x00" in value:
+        raise ProtocolError(code, f"{field} must not contain NUL characters.", field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            code, f"{field} must be valid Unicode text (it has a lone surrogate).", field
+        ) from None
+    return value
+
+
 def _str(body: dict[str, Any], field: str, *, required: bool, limit: int) -> str | None:
     value = body.get(field)
     if value is None:
         if required:
             raise ProtocolError("missing_field", f"{field} is required.", field)
         return None
-    if not isinstance(value, str):
-        raise ProtocolError(f"invalid_{field}", f"{field} must be a string.", field)
-    if len(value) > limit:
-        raise ProtocolError(
-            f"invalid_{field}", f"{field} must be at most {limit} characters.", field
-        )
-    if "\x00" in value:
-        raise ProtocolError(f"invalid_{field}", f"{field} must not contain NUL characters.", field)
-    return value
+    return check_text(value, field, limit=limit)
 
 
 def utterance_id(body: dict[str, Any], *, required: bool = True) -> str | None:

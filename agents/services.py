@@ -127,11 +127,13 @@ def speech_chunk(
     )
 
 
-def agent_cut(*, room_name: str, speaker: str, heard_text: str, reason: str) -> bool:
+def agent_cut(*, room_name: str, speaker: str, heard_text: str, heard_ms: int, reason: str) -> bool:
     """Barge-in on the core: the agent's turn ends now, interrupted, with what was heard.
 
-    The core records ``heard_ms`` from its own playhead and publishes the heard text as a
-    ``speech`` event marked ``interrupted``. False when the agent holds no floor (nothing of
+    ``heard_ms`` is the agent's listener's playhead (agents/playout.py): the room may have
+    got the reply later than the listener (it waited for the floor), so its own playhead
+    would under-count. The heard text is published as a ``speech`` event marked
+    ``interrupted``. False when the agent holds no floor (nothing of
     the reply reached the room yet, or its turn was already released).
     """
     with contextlib.suppress(Conflict, ApiError):
@@ -140,6 +142,7 @@ def agent_cut(*, room_name: str, speaker: str, heard_text: str, reason: str) -> 
             speaker=speaker,
             force=False,
             heard_text=heard_text,
+            heard_ms=heard_ms,
             reason=reason,
         )
         return True

@@ -171,8 +171,11 @@ def floor_claim(*, room_name: str, speaker: str) -> tuple[Turn, bool]:
         return turn, True
 
 
-def _interrupt_stream(stream: Stream, now: datetime, heard_text: str | None = None) -> None:
-    stream.heard_ms = min(stream_heard_ms(stream, now), _duration_ms(stream))
+def _interrupt_stream(
+    stream: Stream, now: datetime, heard_text: str | None = None, heard_ms: int | None = None
+) -> None:
+    heard = stream_heard_ms(stream, now) if heard_ms is None else heard_ms
+    stream.heard_ms = min(max(0, heard), _duration_ms(stream))
     if heard_text is not None:
         # What the listener heard of a cut reply is its text from now on (voice agent).
         stream.speech_text = heard_text
@@ -205,6 +208,7 @@ def floor_yield(
     speaker: str | None,
     force: bool,
     heard_text: str | None = None,
+    heard_ms: int | None = None,
     reason: str | None = None,
 ) -> Turn:
     """The holder gives the floor up, or a moderator (force) cuts the speaker off.
@@ -212,6 +216,9 @@ def floor_yield(
     `heard_text`, when given, is what the listener heard of the stream being cut off (a voice
     agent's barge-in): it becomes the stream's and utterance's text and is published as a
     `speech` event marked `interrupted`, with `heard_ms`, before the turn event.
+    `heard_ms`, when given, is that surface's own listener's playhead (the room's would
+    under-count a stream it got late, after waiting for the floor). `reason` replaces the
+    turn's recorded reason ("forced" / "yielded").
     """
     now = timezone.now()
     with transaction.atomic():
@@ -230,7 +237,7 @@ def floor_yield(
         stream = _live_stream(turn)
         batch = EventBatch(room)
         if stream is not None:
-            _interrupt_stream(stream, now, heard_text)
+            _interrupt_stream(stream, now, heard_text, heard_ms)
             if heard_text:
                 batch.add(
                     "speech",

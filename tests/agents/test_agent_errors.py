@@ -207,7 +207,7 @@ async def test_an_abusive_client_is_closed_with_a_reason(agent_connect):
         output = await client.ws.receive_output(timeout=10)
         if output["type"] == "websocket.close":
             break
-    assert output["code"] == 1008 and output["reason"] == "too many invalid frames"
+    assert output["code"] == 4008 and output["reason"] == "too many invalid frames"
 
 
 async def test_a_client_that_leaves_mid_reply_stops_synthesis_and_leaves_complete_records(
