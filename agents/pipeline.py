@@ -75,6 +75,8 @@ CLOSE_POLICY = 4008
 CLOSE_ROOM_TAKEN = 4409
 FLOOR_WAIT_S = 3.0  # how long a side's audio waits while another speaker holds the floor
 OWN_FLOOR_WAIT_S = 120.0  # ...and while the session's other side is still playing in the room
+HISTORY_CHARS = 24000  # the conversation a reply sends its responder: the newest turns that fit
+HISTORY_TURNS = 100  # turns kept in memory
 TEXT_BURST = 5  # typed turns a client may send at once...
 TEXT_REFILL_S = 1.0  # ...then one per this many seconds
 # Sessions closing in the background (their floor writes finish after the socket is gone).
@@ -120,7 +122,8 @@ class UserTurn:
     core_seq: int = 0
     index: int = 0  # its exchange's number in the session
     record: ExchangeRecord | None = None  # once the turn has ended
-    finished: bool = False  # its final (done) chunk is queued
+    finished: bool = False  # complete: its final chunk goes with the next _to_core
+    text: str = ""  # the transcript its final chunk carries
     last_speech_byte: int = 0  # end of the last frame the VAD took for speech
     speech_end_at: float | None = None  # loop time the last speech frame was processed
     spec_len: int = -1  # pcm length the speculative transcription covers
@@ -244,6 +247,7 @@ class AgentSession:
         self.detector = TurnDetector(self.vad_config)
         self.preroll: collections.deque[bytes] = collections.deque()
         self.turn: UserTurn | None = None
+        self.user_streams: collections.deque[UserTurn] = collections.deque()  # not yet final
         self.carry_text = ""  # transcript of a turn whose reply the user talked over
         self.exchanges = 0
         self.max_turn_bytes = int(settings.PARLEY_AGENT_MAX_UTTERANCE_S * RATE * 2)
@@ -352,6 +356,9 @@ class AgentSession:
         if self.turn is not None:
             self._finish_user_stream(self.turn, "")
             self.turn = None
+        # Every user stream still open (a turn being transcribed) is closed without its text.
+        for turn in list(self.user_streams):
+            self._finish_user_stream(turn, "")
         if self.started:
             self.record_ops.put_nowait(
                 lambda: runtime.run_db(
@@ -663,22 +670,21 @@ class AgentSession:
         index = self.exchanges
         uid = f"text-{index}"
         stream_id = f"user-{self.id.hex}-{index}"
-        # A typed turn is a user utterance without audio: the core's no-audio mode.
-        self.ingest(
-            speaker=self.user_speaker,
+        # A typed turn is a user utterance without audio (the core's no-audio mode), in order
+        # with the spoken ones.
+        typed = UserTurn(
+            utterance_id=uid,
             stream_id=stream_id,
-            seq=0,
-            data=b"",
-            sample_rate_hz=RATE,
-            done=True,
-            text=text.strip(),
+            onset_ms=self.detector.position_ms,
+            started_at=now,
+            index=index,
         )
         # The typed turn is the user's final transcript, so every client reads turns alike.
         self.emit({"type": "transcript.final", "utteranceId": uid, "text": text.strip()})
-        record = self._start_exchange(
+        typed.record = self._start_exchange(
             index, uid, source="text", end_at=self.loop.time(), text=text.strip()
         )
-        self.link_stream(record, "user_stream", stream_id)
+        self._finish_user_stream(typed, text.strip())
 
     # --- input audio -------------------------------------------------------------------------
 
@@ -847,8 +853,19 @@ class AgentSession:
         )
         self.emit({"type": "user.speech.started", "utteranceId": uid, "audio_start_ms": onset_ms})
 
-    def _to_core(self, turn: UserTurn, *, final: bool = False) -> None:
+    def _to_core(self, turn: UserTurn) -> None:
+        """Queue the turn's new audio for the room, in 100 ms chunks.
+
+        The user's streams reach the room one after another: a turn's audio waits here (it
+        is in ``turn.pcm`` anyway) until every earlier user stream has its final chunk, or
+        the room would refuse it as a second stream of the same speaker's turn.
+        """
+        if turn not in self.user_streams:
+            self.user_streams.append(turn)
+        if self.user_streams[0] is not turn:
+            return
         piece = RATE * 2 * CORE_CHUNK_MS // 1000
+        final = turn.finished
         while len(turn.pcm) - turn.core_sent >= piece or (final and len(turn.pcm) > turn.core_sent):
             data = bytes(turn.pcm[turn.core_sent : turn.core_sent + piece])
             turn.core_sent += len(data)
@@ -860,12 +877,8 @@ class AgentSession:
                 sample_rate_hz=RATE,
             )
             turn.core_seq += 1
-
-    def _finish_user_stream(self, turn: UserTurn, text: str) -> None:
-        if turn.finished:
+        if not final:
             return
-        turn.finished = True
-        self._to_core(turn, final=True)
         self.ingest(
             speaker=self.user_speaker,
             stream_id=turn.stream_id,
@@ -873,10 +886,21 @@ class AgentSession:
             data=b"",
             sample_rate_hz=RATE,
             done=True,
-            text=text,
+            text=turn.text,
         )
         if turn.record is not None:
             self.link_stream(turn.record, "user_stream", turn.stream_id)
+        self.user_streams.popleft()
+        if self.user_streams:  # the next one was waiting for this one
+            self._to_core(self.user_streams[0])
+
+    def _finish_user_stream(self, turn: UserTurn, text: str) -> None:
+        """The turn's stream is complete, with its transcript (sent when its turn comes)."""
+        if turn.finished:
+            return
+        turn.finished = True
+        turn.text = text
+        self._to_core(turn)
 
     def _speculate(self, turn: UserTurn) -> None:
         """Transcribe while the user pauses (and now and then while they talk)."""
@@ -1123,7 +1147,7 @@ class AgentSession:
 
     async def _speak(self, reply: Reply) -> None:
         """Responder → sentences → TTS → paced agent.audio.chunk frames."""
-        history = list(self.history)
+        history = _recent(self.history, HISTORY_CHARS)
         stream = await responders.open_stream(
             reply.user_text,
             user=self.user_speaker,
@@ -1195,6 +1219,7 @@ class AgentSession:
         reply.core_seq += 1
         self.link_stream(reply.record, "agent_stream", reply.stream_id)
         self.history.append(responders.Turn(text=reply.user_text, response=reply.text))
+        del self.history[:-HISTORY_TURNS]
         self._spawn(self._played(reply))
 
     async def _played(self, reply: Reply) -> None:
@@ -1351,3 +1376,19 @@ class AgentSession:
 
         fields["ended_at"] = timezone.now()
         self._update_exchange(reply.record, fields)
+
+
+def _recent(history: list[responders.Turn], budget: int) -> list[responders.Turn]:
+    """The newest turns whose text fits in ``budget`` characters, oldest first.
+
+    A reply's cost stays bounded however long the conversation (OpenAI Realtime truncates
+    its oldest items the same way); the instructions are not counted.
+    """
+    kept: list[responders.Turn] = []
+    used = 0
+    for turn in reversed(history):
+        used += len(turn.text) + len(turn.response)
+        if used > budget:
+            break
+        kept.append(turn)
+    return kept[::-1]

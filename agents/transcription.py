@@ -5,9 +5,12 @@ One service, :func:`transcription_create`: validate the form fields, decode the 
 rest of the module renders the result in each ``response_format`` OpenAI defines (json, text,
 verbose_json, srt, vtt) or as the Server-Sent Events of ``stream=true``; those helpers are pure.
 
-Decoding goes through pydub with the ffmpeg binary of ``imageio-ffmpeg``. That wheel has no
-ffprobe, and pydub probes with it unless it is told the codec, so the container and codec are
-recognised here from the file's first bytes (:func:`sniff_audio`) and passed as hints.
+Decoding runs the ffmpeg binary of ``imageio-ffmpeg``, which writes PCM16 mono 16 kHz itself.
+That wheel has no ffprobe, so the container and codec are recognised here from the file's
+first bytes (:func:`sniff_audio`) and passed to ffmpeg. A request's cost is bounded by its
+size: at most PARLEY_STT_MAX_SECONDS of audio is decoded (ffmpeg's ``-t``), a header that
+promises more is refused before ffmpeg runs (:func:`header_seconds`), and so is a sample rate
+under MIN_SAMPLE_RATE (a multiplier of the work, not a recording).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import json
 import math
 import re
 import struct
+import subprocess
 import tempfile
-import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from django.conf import settings
 
 from agents.engines.stt import Segment, SttError, SttUnavailable, Transcript
 from agents.stt import get_stt
@@ -240,6 +245,17 @@ def transcription_request(
 # RIFF/WAVE -> ffmpeg decoder: integer PCM by bits per sample, other format tags by tag.
 _WAV_PCM = {8: "pcm_u8", 16: "pcm_s16le", 24: "pcm_s24le", 32: "pcm_s32le"}
 _WAV_TAGS = {3: "pcm_f32le", 6: "pcm_alaw", 7: "pcm_mulaw", 0x55: "mp3"}
+# Format tags of plain samples (PCM, float, A-law, µ-law) and the sample sizes they come in:
+# their byte rate is rate x channels x bits / 8, so the header tells the audio's length.
+_WAV_BITS = {1: (8, 16, 24, 32), 3: (32, 64), 6: (8,), 7: (8,)}
+_WAV_PLAIN = "8/16/24/32-bit integer PCM, 32/64-bit float, 8-bit A-law or µ-law"
+# Sample rates a header may declare. Under 1 kHz is no recording of speech, and a low rate
+# multiplies the work: 2 KB of WAV "at 1 Hz" is 1000 s of audio once resampled to 16 kHz.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
+# Wall-clock limit of one ffmpeg run (its output is capped at PARLEY_STT_MAX_SECONDS of
+# audio, which takes it seconds): a file that stalls the decoder is refused, not waited on.
+DECODE_TIMEOUT_S = 120.0
 # Matroska/WebM CodecID -> ffmpeg decoder.
 _MKV_CODECS = {
     b"A_OPUS": "opus",
@@ -271,26 +287,47 @@ _EXTENSIONS = {
     "flac": ("flac", "flac"),
     "wav": ("wav", "pcm_s16le"),
 }
+_FFMPEG_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*")  # "[in#0 @ 0x5562...] "
 
 
-def _wav_codec(data: bytes) -> str | None:
-    """The decoder of a RIFF/WAVE file's ``fmt `` chunk, or None if there is none."""
+@dataclass(frozen=True, slots=True)
+class WavFormat:
+    """A RIFF/WAVE header: its ``fmt `` chunk, and where its ``data`` chunk's bytes start."""
+
+    tag: int  # the format tag (a WAVE_FORMAT_EXTENSIBLE's sub-format)
+    channels: int
+    rate: int
+    bits: int
+    data_start: int | None = None  # None: no data chunk in the bytes read
+    data_size: int = 0  # as declared: 0xFFFFFFFF in a streamed header
+
+
+def wav_format(data: bytes) -> WavFormat | None:
+    """The header of a RIFF/WAVE file's first bytes, or None if they hold no ``fmt `` chunk."""
+    fmt: tuple[int, int, int, int] | None = None
     pos = 12
     while pos + 8 <= len(data):
         chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         if chunk_id == b"fmt " and pos + 24 <= len(data):
-            tag, _channels, _rate, _byte_rate, _align, bits = struct.unpack(
+            tag, channels, rate, _byte_rate, _align, bits = struct.unpack(
                 "<HHIIHH", data[pos + 8 : pos + 24]
             )
             if tag == 0xFFFE and pos + 34 <= len(data):  # WAVE_FORMAT_EXTENSIBLE
                 tag = struct.unpack("<H", data[pos + 32 : pos + 34])[0]
-            if tag == 1:
-                return _WAV_PCM.get(bits)
-            if tag == 3 and bits == 64:
-                return "pcm_f64le"
-            return _WAV_TAGS.get(tag)
+            fmt = (tag, channels, rate, bits)
+        elif chunk_id == b"data" and fmt is not None:
+            return WavFormat(*fmt, data_start=pos + 8, data_size=size)
         pos += 8 + size + (size & 1)
-    return None
+    return WavFormat(*fmt) if fmt is not None else None
+
+
+def _wav_codec(wav: WavFormat) -> str | None:
+    """The ffmpeg decoder of a WAV format, or None if the table has none."""
+    if wav.tag == 1:
+        return _WAV_PCM.get(wav.bits)
+    if wav.tag == 3 and wav.bits == 64:
+        return "pcm_f64le"
+    return _WAV_TAGS.get(wav.tag)
 
 
 def _mp4_codec(data: bytes) -> str:
@@ -319,7 +356,8 @@ def sniff_audio(data: bytes, filename: str = "") -> tuple[str, str] | None:
     ('flac', 'flac')
     """
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "wav", _wav_codec(data[:4096]) or "pcm_s16le"
+        wav = wav_format(data[:4096])
+        return "wav", (_wav_codec(wav) if wav is not None else None) or "pcm_s16le"
     if data[:4] == b"fLaC":
         return "flac", "flac"
     if data[:4] == b"OggS":
@@ -349,49 +387,158 @@ def sniff_audio(data: bytes, filename: str = "") -> tuple[str, str] | None:
     return _EXTENSIONS.get(Path(filename).suffix.lower().lstrip("."))
 
 
-def _audio_segment_class() -> Any:
-    # pydub warns at import when no "ffmpeg" is on PATH (it is not: the wheel's binary is
-    # used) and imports the deprecated audioop; neither matters here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pydub import AudioSegment
-    AudioSegment.converter = ffmpeg_exe()
-    return AudioSegment
-
-
-def _to_pcm16_mono_16k(samples: Any, *, channels: int, width: int, rate: int) -> bytes:
-    """Interleaved signed integer samples (pydub's: it turns 8-bit WAV data signed, and
-    24-bit into 32) -> PCM16LE mono at SAMPLE_RATE, channels averaged, resampled with soxr."""
-    import numpy as np
-    import soxr
-
-    audio = np.asarray(samples, dtype=np.float32).reshape(-1, channels)
-    audio = audio.mean(axis=1) / float(1 << (8 * width - 1))
-    if rate != SAMPLE_RATE and audio.size:
-        audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ")
-    return (np.clip(audio, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+# --- what a header promises: checked before ffmpeg runs --------------------------------------
 
 
 def _decode_error(reason: str) -> ApiError:
     return ApiError("undecodable_audio", f"Could not decode file: {reason}", field="file")
 
 
-def audio_decode(file: AudioFile) -> bytes:
+def _check_rate(rate: int, kind: str) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ApiError(
+            "unsupported_sample_rate",
+            f"The file's {kind} header says its sample rate is {rate} Hz; the rates accepted "
+            f"are {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz.",
+            field="file",
+        )
+
+
+def _too_long(what: str, limit: float) -> ApiError:
+    return ApiError(
+        "audio_too_long",
+        f"{what}; the longest accepted is {limit:g} s (PARLEY_STT_MAX_SECONDS).",
+        field="file",
+    )
+
+
+def _wav_seconds(head: bytes, file_size: int) -> float | None:
+    wav = wav_format(head)
+    if wav is None:
+        return None  # ffmpeg says what is wrong
+    if wav.channels == 0:
+        raise _decode_error("its WAV header says it has 0 channels.")
+    _check_rate(wav.rate, "WAV")
+    if wav.tag not in _WAV_BITS:
+        return None  # a codec in a WAV (mp3, ADPCM, …): ffmpeg decodes it, up to the cap
+    if wav.bits not in _WAV_BITS[wav.tag]:
+        raise _decode_error(
+            f"its WAV header says {wav.bits}-bit samples of format {wav.tag}; WAV is read as "
+            f"{_WAV_PLAIN} (or a codec ffmpeg knows)."
+        )
+    if wav.data_start is None:
+        return None
+    stored = min(wav.data_size, max(0, file_size - wav.data_start))  # a streamed size: all
+    return stored / (wav.rate * wav.channels * wav.bits / 8)
+
+
+def _flac_seconds(data: bytes) -> float | None:
+    """From ``fLaC`` and its STREAMINFO block: after the block header and the block and frame
+    sizes (10 bytes), 20 bits of rate, 3 of channels, 5 of sample size, 36 of samples."""
+    if len(data) < 26 or data[:4] != b"fLaC" or data[4] & 0x7F != 0:
+        return None
+    fields = int.from_bytes(data[18:26], "big")
+    rate, samples = fields >> 44, fields & ((1 << 36) - 1)
+    _check_rate(rate, "FLAC")
+    return samples / rate if samples else None  # 0 samples: the encoder did not know
+
+
+def _ogg_seconds(head: bytes) -> float | None:
+    vorbis = head.find(b"\x01vorbis")  # the identification header: version, channels, rate
+    if vorbis != -1 and vorbis + 16 <= len(head):
+        _check_rate(struct.unpack("<I", head[vorbis + 12 : vorbis + 16])[0], "Vorbis")
+    flac = head.find(b"\x7fFLAC")  # Ogg FLAC: version and header count, then fLaC
+    if flac != -1:
+        return _flac_seconds(head[flac + 9 :])
+    return None
+
+
+def _mp4_box(data: bytes, kind: bytes) -> bytes | None:
+    """The content of the first box of type ``kind`` at the top level of ``data``."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size, box = struct.unpack(">I4s", data[pos : pos + 8])
+        header = 8
+        if size == 1 and pos + 16 <= len(data):  # a 64-bit size follows the type
+            size, header = struct.unpack(">Q", data[pos + 8 : pos + 16])[0], 16
+        elif size == 0:  # the box runs to the end
+            size = len(data) - pos
+        if size < header:
+            return None
+        if box == kind:
+            return data[pos + header : pos + size]
+        pos += size
+    return None
+
+
+def _mp4_seconds(data: bytes) -> float | None:
+    """The movie header's duration (``moov/mvhd``: version 0 has 32-bit times, 1 64-bit)."""
+    moov = _mp4_box(data, b"moov")
+    mvhd = _mp4_box(moov, b"mvhd") if moov is not None else None
+    if mvhd is None:
+        return None
+    if mvhd[:1] == b"\x01" and len(mvhd) >= 32:
+        timescale, duration = struct.unpack(">IQ", mvhd[20:32])
+    elif mvhd[:1] == b"\x00" and len(mvhd) >= 20:
+        timescale, duration = struct.unpack(">II", mvhd[12:20])
+        duration = 0 if duration == 0xFFFFFFFF else duration  # unknown
+    else:
+        return None
+    return duration / timescale if timescale and duration else None
+
+
+def header_seconds(demuxer: str, head: bytes, file_size: int) -> float | None:
+    """The length of the audio as the file's header states it (WAV, FLAC, Ogg FLAC, MP4),
+    None where it does not say; refuses impossible values (0 channels, unknown sample sizes)
+    and sample rates outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE (WAV, FLAC, Vorbis)."""
+    if demuxer == "wav":
+        return _wav_seconds(head, file_size)
+    if demuxer == "flac":
+        return _flac_seconds(head)
+    if demuxer == "ogg":
+        return _ogg_seconds(head[:4096])
+    if demuxer == "mov":
+        return _mp4_seconds(head)
+    return None
+
+
+# --- ffmpeg ----------------------------------------------------------------------------------
+
+
+def audio_decode(file: AudioFile, *, max_seconds: float | None = None) -> bytes:
     """The uploaded audio as PCM16LE mono at 16 kHz (blocking: ffmpeg runs).
 
-    ffmpeg reads a file, not a pipe: an MP4 whose index is at its end needs to seek. An
-    upload held in memory is written to a temporary file first.
-    Raises ApiError (400, field ``file``) when it is not audio ffmpeg decodes.
+    At most ``max_seconds`` of it (default PARLEY_STT_MAX_SECONDS): a header that promises
+    more is refused before decoding, and ffmpeg stops a second past the limit, so a small
+    compressed file cannot expand to hours. ffmpeg reads a file, not a pipe: an MP4 whose
+    index is at its end needs to seek. An upload held in memory is written to a temporary
+    file first.
+    Raises ApiError (400, field ``file``) when it is not audio ffmpeg decodes, or too long.
     """
+    limit = settings.PARLEY_STT_MAX_SECONDS if max_seconds is None else max_seconds
     if file.path is not None:
-        return _decode_path(file.path, filename=file.name)
+        return _decode_path(file.path, filename=file.name, limit=limit)
     with tempfile.NamedTemporaryFile(prefix="parley-stt-", suffix=".audio") as temp:
         temp.write(file.content)
         temp.flush()
-        return _decode_path(Path(temp.name), filename=file.name)
+        return _decode_path(Path(temp.name), filename=file.name, limit=limit)
 
 
-def _decode_path(path: Path, *, filename: str) -> bytes:
+def _ffmpeg_reason(stderr: bytes, path: Path) -> str:
+    """What ffmpeg said: its first error line (the cause) and its last (the outcome)."""
+    lines = [
+        _FFMPEG_CONTEXT.sub("", " ".join(line.split())).replace(str(path), "the file")
+        for line in stderr.decode(errors="replace").splitlines()
+        if line.strip()
+    ]
+    if not lines:
+        return "ffmpeg failed"
+    if any("does not contain any stream" in line for line in lines):
+        return "it has no audio stream"
+    return lines[0] if lines[0] == lines[-1] else f"{lines[0]} ({lines[-1]})"
+
+
+def _decode_path(path: Path, *, filename: str, limit: float) -> bytes:
     with open(path, "rb") as source:
         head = source.read(65536)
         if head[4:8] == b"ftyp":  # an MP4's codec may be described at its end
@@ -400,26 +547,30 @@ def _decode_path(path: Path, *, filename: str) -> bytes:
     if hint is None:
         raise _decode_error(f"not a recognised audio file (send {AUDIO_KINDS}).")
     demuxer, codec = hint
-    audio_segment = _audio_segment_class()
-    from pydub.exceptions import CouldntDecodeError
-
+    seconds = header_seconds(demuxer, head, path.stat().st_size)
+    if seconds is not None and seconds > limit:
+        raise _too_long(f"The audio is {seconds:.1f} s long (its header says)", limit)
+    # The demuxer is forced (never probed: no playlist or concat demuxer opens other files),
+    # and so is the decoder (the wheel has no ffprobe to name it). ffmpeg downmixes, resamples
+    # with soxr and writes raw PCM16 mono 16 kHz, for at most a second past the limit.
+    command = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-f", demuxer, "-c:a", codec, "-i", str(path),
+        "-vn", "-sn", "-dn", "-af", f"aresample={SAMPLE_RATE}:resampler=soxr", "-ac", "1",
+        "-t", f"{limit + 1:.3f}", "-f", "s16le", "-c:a", "pcm_s16le", "pipe:1",
+    ]  # fmt: skip
     try:
-        segment = audio_segment.from_file(str(path), format=demuxer, codec=codec)
-    except CouldntDecodeError as exc:
-        # pydub's message ends with ffmpeg's stderr, whose last line says what was wrong.
-        lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
-        reason = lines[-1] if len(lines) > 1 else "ffmpeg failed"
-        raise _decode_error(
-            f"ffmpeg read it as {demuxer} ({codec}) and said: {reason}"[:500]
-        ) from exc
-    except (ValueError, IndexError, KeyError, struct.error) as exc:
-        raise _decode_error(f"{demuxer} data is invalid ({exc}).") from exc
-    return _to_pcm16_mono_16k(
-        segment.get_array_of_samples(),
-        channels=segment.channels,
-        width=segment.sample_width,
-        rate=segment.frame_rate,
-    )
+        done = subprocess.run(
+            command, capture_output=True, stdin=subprocess.DEVNULL, timeout=DECODE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise _decode_error(f"ffmpeg took over {DECODE_TIMEOUT_S:g} s on it.") from exc
+    if done.returncode != 0 or (not done.stdout and done.stderr.strip()):
+        reason = _ffmpeg_reason(done.stderr, path)
+        raise _decode_error(f"ffmpeg read it as {demuxer} ({codec}) and said: {reason}"[:500])
+    if len(done.stdout) > limit * BYTES_PER_SECOND:
+        raise _too_long(f"The audio is over {limit:g} s long", limit)
+    return done.stdout
 
 
 # --- the service ---------------------------------------------------------------------------
@@ -443,8 +594,9 @@ async def transcription_create(
 ) -> TranscriptionResult:
     """Validate, decode ``file`` and transcribe it with the engine ``model`` names.
 
-    Every refusal is an ApiError: 400 for the request, 413 never here (the view enforces the
-    size while parsing), 503 when the engine cannot run, 502 when it failed.
+    Every refusal is an ApiError: 400 for the request (and for audio over
+    PARLEY_STT_MAX_SECONDS), 413 never here (the view enforces the size while parsing), 503
+    when the engine cannot run, 502 when it failed.
     """
     if file is None:
         raise ApiError("missing_file", "file is required: the audio to transcribe.", field="file")

@@ -8,6 +8,7 @@ calls agents.transcription.transcription_create and wraps the result.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -21,7 +22,7 @@ from django.http import (
     QueryDict,
     StreamingHttpResponse,
 )
-from django.http.multipartparser import MultiPartParserError
+from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.utils.datastructures import MultiValueDict
 
 from agents.transcription import (
@@ -36,6 +37,7 @@ from streams.errors import ApiError
 
 # Room for the other form fields and the multipart framing around a file at the limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 64 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -52,7 +54,8 @@ def _too_large(what: str) -> ApiError:
 class UploadLimit(FileUploadHandler):
     """First of the upload handlers: stops the parse once the files pass the limit, so no
     more than PARLEY_STT_MAX_BYTES of them is ever copied out of the request body (a body
-    without a Content-Length is caught here rather than before parsing)."""
+    whose Content-Length is under the limit plus the room for the other fields may still
+    carry a file over it)."""
 
     def __init__(self, request: HttpRequest) -> None:
         super().__init__(request)
@@ -69,9 +72,46 @@ class UploadLimit(FileUploadHandler):
         return None  # the next handler (memory or temporary file) keeps the file
 
 
+def _content_length(request: HttpRequest) -> int | None:
+    """The request's Content-Length; None when it has none (a chunked upload)."""
+    raw = (request.META.get("CONTENT_LENGTH") or "").strip()
+    if not raw:
+        return None
+    try:
+        length = int(raw)
+    except ValueError:
+        length = -1
+    if length < 0:
+        raise ApiError(
+            "invalid_content_length",
+            f"Content-Length must be a number of bytes; got {raw[:40]!r}.",
+            field="Content-Length",
+        )
+    return length
+
+
+def _parse_unsized(request: HttpRequest, limit: int) -> tuple[QueryDict, MultiValueDict]:
+    """A body sent without a Content-Length (``Transfer-Encoding: chunked``). Django's parser
+    reads a missing length as an empty body, so the body is copied, no further than
+    ``limit``, to a file spooled like Django's own, and parsed with the length it has."""
+    with tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE) as body:
+        size = 0
+        while chunk := request.read(READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(
+                    f"The request body (without a Content-Length) is over {limit} bytes"
+                )
+            body.write(chunk)
+        body.seek(0)
+        meta = {**request.META, "CONTENT_LENGTH": str(size)}
+        return MultiPartParser(meta, body, request.upload_handlers, request.encoding).parse()
+
+
 def _form(request: HttpRequest) -> tuple[QueryDict, MultiValueDict]:
-    """The multipart fields and files; refuses other bodies and bodies over the limit before
-    reading them. Blocking (it reads the spooled body): run it off the event loop."""
+    """The multipart fields and files; refuses other bodies, and bodies whose Content-Length
+    is over the limit before reading them. Blocking (it reads the spooled body): run it off
+    the event loop."""
     if request.content_type != "multipart/form-data":
         raise ApiError(
             "unsupported_media_type",
@@ -80,14 +120,14 @@ def _form(request: HttpRequest) -> tuple[QueryDict, MultiValueDict]:
             field="Content-Type",
             status_code=415,
         )
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > settings.PARLEY_STT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
+    limit = settings.PARLEY_STT_MAX_BYTES + MULTIPART_OVERHEAD_BYTES
+    length = _content_length(request)
+    if length is not None and length > limit:
         raise _too_large(f"The request body is {length} bytes")
     request.upload_handlers.insert(0, UploadLimit(request))
     try:
+        if length is None:
+            return _parse_unsized(request, limit)
         return request.POST, request.FILES
     except (MultiPartParserError, TooManyFieldsSent, TooManyFilesSent) as exc:
         raise ApiError("malformed_multipart", f"The multipart body is invalid: {exc}.") from exc

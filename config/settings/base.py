@@ -252,6 +252,9 @@ PARLEY_STT_TIMEOUT_S = env_float("PARLEY_STT_TIMEOUT_S", 30.0)
 PARLEY_STT_THREADS = env_int("PARLEY_STT_THREADS", 2)
 # Largest upload of POST /v1/audio/transcriptions (OpenAI's limit is 25 MB).
 PARLEY_STT_MAX_BYTES = env_int("PARLEY_STT_MAX_BYTES", 25 * 1024 * 1024)
+# Longest audio it transcribes, in seconds: a header promising more is refused before
+# decoding, and ffmpeg stops past it (a small compressed file can hold hours of audio).
+PARLEY_STT_MAX_SECONDS = env_float("PARLEY_STT_MAX_SECONDS", 1800.0)
 # Who answers the agent: PARLEY_RESPONDER's chain unless set ("builtin", "llm", "llm,builtin").
 PARLEY_AGENT_RESPONDER = os.environ.get("PARLEY_AGENT_RESPONDER", "")
 # Agent audio goes out at most this far ahead of the listener's playhead.

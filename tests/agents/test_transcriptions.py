@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import warnings
@@ -30,6 +31,7 @@ from django.test import AsyncClient
 from agents import transcription
 from agents.engines.stt import Segment, Transcript
 from agents.stt import get_stt
+from streams.errors import ApiError
 from tests.support.servers import PROJECT_ROOT, DaphneProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -428,6 +430,234 @@ async def test_with_keys_required_a_transcription_needs_one(settings, audio):
     )
     assert refused.status_code == 401 and error_of(refused)["error"] == "auth_required"
     assert allowed.status_code == 200, allowed.content
+
+
+# --- a request's cost is bounded by its size: headers, sample rates, duration ----------------
+
+
+def raw_wav(rate: int, channels: int, data: bytes, bits: int = 16, tag: int = 1) -> bytes:
+    """A WAV whose header says whatever it is told (the wave module refuses odd values)."""
+    block = channels * bits // 8
+    fmt = struct.pack("<IHHIIHH", 16, tag, channels, rate, rate * block, block, bits)
+    size = struct.pack("<I", len(data))
+    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt + b"data" + size + data
+
+
+def encode(source: str, seconds: float, options: list[str], fmt: str) -> bytes:
+    """ffmpeg's lavfi ``source`` for ``seconds``, encoded; the bytes."""
+    from speech.encoding import ffmpeg_exe
+
+    command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", source,
+               "-t", str(seconds), *options, "-f", fmt, "pipe:1"]  # fmt: skip
+    return subprocess.run(command, capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "bits", "tag", "code"),
+    [
+        (0, 1, 16, 1, "unsupported_sample_rate"),
+        (1, 1, 16, 1, "unsupported_sample_rate"),  # 2 KB would be 1000 s at 16 kHz
+        (999, 1, 16, 1, "unsupported_sample_rate"),
+        (1_000_000, 1, 16, 1, "unsupported_sample_rate"),
+        (16000, 0, 16, 1, "undecodable_audio"),
+        (16000, 1, 0, 1, "undecodable_audio"),
+        (16000, 1, 64, 1, "undecodable_audio"),  # no 64-bit integer PCM
+        (16000, 1, 16, 3, "undecodable_audio"),  # 16-bit float
+        (16000, 1, 16, 7, "undecodable_audio"),  # 16-bit µ-law
+    ],
+)
+async def test_a_wav_header_with_impossible_values_is_refused_before_decoding(
+    rate, channels, bits, tag, code
+):
+    data = raw_wav(rate, channels, bytes(16000), bits, tag)
+    response = await post({"file": upload(data, "odd.wav"), "model": "whisper-1"})
+    body = error_of(response)
+    assert (response.status_code, body["error"], body["field"]) == (400, code, "file"), body
+    if code == "unsupported_sample_rate":
+        assert f"{rate} Hz" in body["detail"] and "1000" in body["detail"]
+
+
+@pytest.mark.parametrize("kind", ["wav", "flac", "m4a"])
+async def test_a_header_that_promises_too_long_is_refused_before_decoding(
+    audio, kind, settings, monkeypatch
+):
+    settings.PARLEY_STT_MAX_SECONDS = 1.0  # the sentence is 1.6 s
+
+    def no_ffmpeg() -> str:
+        raise AssertionError("ffmpeg ran")  # a 500, not the 400 asserted
+
+    monkeypatch.setattr(transcription, "ffmpeg_exe", no_ffmpeg)
+    response = await transcribe(audio[kind])
+    body = error_of(response)
+    assert (response.status_code, body["error"], body["field"]) == (400, "audio_too_long", "file")
+    assert "its header says" in body["detail"] and "PARLEY_STT_MAX_SECONDS" in body["detail"]
+
+
+def test_header_seconds_reads_wav_flac_and_mp4(audio):
+    for kind, demuxer in (("wav", "wav"), ("flac", "flac"), ("m4a", "mov")):
+        data = audio[kind].read_bytes()
+        seconds = transcription.header_seconds(demuxer, data, len(data))
+        assert seconds is not None and 1.4 < seconds < 1.8, (kind, seconds)
+    for kind, demuxer in (("mp3", "mp3"), ("opus", "ogg"), ("webm", "matroska")):
+        data = audio[kind].read_bytes()
+        assert transcription.header_seconds(demuxer, data, len(data)) is None  # not stated
+    # A streamed WAV header (0xFFFFFFFF sizes) is as long as the bytes that follow it.
+    wav = bytearray(audio["wav"].read_bytes())
+    wav[4:8] = wav[40:44] = b"\xff\xff\xff\xff"
+    streamed = transcription.header_seconds("wav", bytes(wav), len(wav))
+    assert streamed == transcription.header_seconds("wav", audio["wav"].read_bytes(), len(wav))
+
+
+@pytest.mark.parametrize("kind", ["mp3", "opus", "webm", "flac-without-length"])
+async def test_audio_whose_header_does_not_say_is_cut_at_the_limit(audio, kind, settings):
+    settings.PARLEY_STT_MAX_SECONDS = 1.0
+    if kind == "flac-without-length":  # STREAMINFO's 36-bit sample count 0: "unknown"
+        data = bytearray(audio["flac"].read_bytes())
+        data[21] &= 0xF0
+        data[22:26] = bytes(4)
+        path = audio["flac"].with_name("unknown-length.flac")
+        path.write_bytes(bytes(data))
+    else:
+        path = audio[kind]
+    response = await transcribe(path)
+    body = error_of(response)
+    assert (response.status_code, body["error"], body["field"]) == (400, "audio_too_long", "file")
+    assert "over 1 s" in body["detail"]
+
+
+async def test_audio_within_the_limit_is_transcribed(audio, settings):
+    settings.PARLEY_STT_MAX_SECONDS = 2.0
+    for kind in ("wav", "opus"):
+        response = await transcribe(audio[kind])
+        assert response.status_code == 200, response.content
+        assert_heard(json.loads(response.content)["text"])
+
+
+def test_ffmpeg_stops_a_second_past_the_limit(monkeypatch):
+    # Ten minutes of Opus at 6 kb/s (~450 KB) would be 19 MB of PCM: only 3 s are decoded.
+    data = encode("sine=f=300:r=48000", 600, ["-c:a", "libopus", "-b:a", "6k"], "ogg")
+    decoded: list[int] = []
+    run = subprocess.run
+
+    def measured_run(command: list[str], **kwargs: Any) -> Any:
+        done = run(command, **kwargs)
+        decoded.append(len(done.stdout))
+        return done
+
+    monkeypatch.setattr(transcription.subprocess, "run", measured_run)
+    with pytest.raises(ApiError) as refused:
+        transcription.audio_decode(transcription.AudioFile(size=len(data), content=data),
+                                   max_seconds=2)  # fmt: skip
+    monkeypatch.undo()
+    assert (refused.value.code, refused.value.field) == ("audio_too_long", "file")
+    assert decoded == [3 * transcription.BYTES_PER_SECOND]
+    # ffmpeg's -t is a second past the limit: audio up to it is decoded whole.
+    data = encode("sine=f=300:r=48000", 2.5, ["-c:a", "libopus", "-b:a", "16k"], "ogg")
+    pcm = transcription.audio_decode(transcription.AudioFile(size=len(data), content=data),
+                                     max_seconds=3)  # fmt: skip
+    assert 2.4 < len(pcm) / transcription.BYTES_PER_SECOND < 2.6
+
+
+@pytest.mark.parametrize("codec", ["flac", "vorbis"])
+def test_a_compressed_header_with_an_absurd_rate_is_refused(codec):
+    if codec == "flac":
+        data = bytearray(encode("anullsrc=r=8000:cl=mono", 1, ["-c:a", "flac"], "flac"))
+        data[18:21] = bytes([0x00, 0x00, 0x10 | (data[20] & 0x0F)])  # 20-bit rate: 1 Hz
+    else:
+        data = bytearray(encode("anullsrc=r=8000:cl=mono", 1, ["-c:a", "libvorbis"], "ogg"))
+        at = data.find(b"\x01vorbis") + 12
+        data[at : at + 4] = struct.pack("<I", 500)
+    with pytest.raises(ApiError) as refused:
+        transcription.audio_decode(transcription.AudioFile(size=len(data), content=bytes(data)))
+    assert (refused.value.code, refused.value.field) == ("unsupported_sample_rate", "file")
+
+
+async def test_a_file_without_an_audio_stream_says_so():
+    data = encode(
+        "testsrc=size=64x64:rate=5",
+        1,
+        ["-c:v", "mpeg4", "-movflags", "frag_keyframe+empty_moov"],
+        "mp4",
+    )
+    response = await post({"file": upload(data, "video.mp4"), "model": "whisper-1"})
+    body = error_of(response)
+    assert (response.status_code, body["error"]) == (400, "undecodable_audio"), body
+    assert "no audio stream" in body["detail"]
+
+
+# --- a body without a Content-Length ----------------------------------------------------------
+
+
+async def chunked_post(body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> tuple[int, Any]:
+    """POST ``body`` as multipart through the ASGI application, with no Content-Length (as
+    a ``Transfer-Encoding: chunked`` upload arrives), in three pieces."""
+    from channels.testing import ApplicationCommunicator
+
+    from config.asgi import application
+
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "path": URL,
+        "query_string": b"", "scheme": "http", "server": ("testserver", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=" + BOUNDARY),
+                    (b"transfer-encoding", b"chunked"), *headers],
+    }  # fmt: skip
+    communicator = ApplicationCommunicator(application, scope)
+    third = len(body) // 3 + 1
+    pieces = [body[i : i + third] for i in range(0, len(body), third)]
+    for index, piece in enumerate(pieces):
+        more = index < len(pieces) - 1
+        await communicator.send_input({"type": "http.request", "body": piece, "more_body": more})
+    start = await communicator.receive_output(60)
+    content = b""
+    while True:
+        message = await communicator.receive_output(60)
+        content += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return start["status"], json.loads(content)
+
+
+BOUNDARY = b"parleyboundary"
+
+
+def multipart(wav: bytes, **fields: str) -> bytes:
+    parts = [
+        b"--" + BOUNDARY + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value.encode() + b"\r\n"
+        for name, value in fields.items()
+    ]  # fmt: skip
+    parts.append(
+        b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="q.wav"'
+        b"\r\nContent-Type: audio/wav\r\n\r\n" + wav + b"\r\n"
+    )
+    return b"".join(parts) + b"--" + BOUNDARY + b"--\r\n"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_chunked_upload_is_transcribed(audio):
+    body = multipart(audio["wav"].read_bytes(), model="whisper-1", response_format="json")
+    status, payload = await chunked_post(body)
+    assert status == 200, payload
+    assert_heard(payload["text"])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_chunked_upload_over_the_limit_is_413(settings):
+    settings.PARLEY_STT_MAX_BYTES = 10_000  # + 64 KiB of room: 100 kB passes both
+    status, payload = await chunked_post(multipart(bytes(100_000), model="whisper-1"))
+    assert (status, payload["error"], payload["field"]) == (413, "file_too_large", "file")
+    assert "without a Content-Length" in payload["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_invalid_content_length_is_400(audio):
+    body = multipart(audio["wav"].read_bytes(), model="whisper-1")
+    status, payload = await chunked_post(body, [(b"content-length", b"lots")])
+    assert (status, payload["error"], payload["field"]) == (
+        400,
+        "invalid_content_length",
+        "Content-Length",
+    )
 
 
 # --- pure helpers -----------------------------------------------------------------------------
