@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import functools
 import importlib.util
+import math
 import ssl
 import threading
 import weakref
@@ -252,8 +253,12 @@ class WhisperEngine(SttEngine):
     transcription and stops a running one after its current 30 s window.
 
     Cost measured here (2 cores; tiny.en, int8, 2 threads): loading 0.4-1.0 s (cold disk
-    cache: 1.0 s, 0.3 s of it importing faster-whisper); then 0.4-0.6 s per utterance of
-    0.7-7 s, nearly independent of length because Whisper pads every window to 30 s, and
+    cache: 1.0 s, 0.3 s of it importing faster-whisper). An utterance up to 20 s without
+    timestamps or prompt is encoded in a window of its own length (:func:`_short_window`):
+    ~0.1-0.17 s for a voice command framed by 0.3 s of silence, WER 4-5 % on eSpeak and Piper
+    commands (mostly "10" for "ten"); a decoding loop there falls back to the full path.
+    The full path: 0.4-0.6 s per utterance of 0.7-7 s, nearly independent of length
+    because faster-whisper pads every window to 30 s, and
     ~1 s per 30 s window of dense speech. Temperature fallbacks (faster-whisper's default,
     kept for accuracy) can multiply that on audio it finds hard: repetitive text went to
     ~5 s per window. Quality: WER ~8 % on eSpeak audio, ~2 % on Piper audio.
@@ -362,6 +367,14 @@ class WhisperEngine(SttEngine):
         if language not in model.supported_languages:  # when the vocabulary could not tell
             raise SttError("unsupported_language", f"{self.model} does not transcribe {language!r}")
         audio = samples.astype(np.float32) / 32768.0
+        if not timestamps and not prompt and duration_s <= SHORT_WINDOW_MAX_S:
+            try:
+                text = _short_window(model, audio, language)
+            except Exception as error:
+                raise SttError("stt_failed", f"Whisper failed: {error!r}") from error
+            if text is not None:
+                return Transcript(text=text, language=language, duration_s=duration_s)
+            # A repetition loop: the full path below, with its temperature fallbacks.
         texts: list[str] = []
         segments: list[Segment] = []
         try:
@@ -400,6 +413,71 @@ class WhisperEngine(SttEngine):
     def close(self) -> None:
         """Stop the engine's thread (a running transcription finishes first, in background)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# Utterances up to this long are encoded in a window just longer than themselves.
+SHORT_WINDOW_MAX_S = 20.0
+# faster-whisper's own rule for a window without speech (no_speech and log-prob thresholds).
+_NO_SPEECH_PROB = 0.6
+_LOG_PROB_FLOOR = -1.0
+
+
+def _short_window(model: Any, audio: np.ndarray, language: str) -> str | None:
+    """Greedy Whisper on a mel window cut to the audio's length (+1 s), not padded to 30 s.
+
+    faster-whisper always pads a window to Whisper's 30 s, and the encoder's cost is that
+    window's, whatever the utterance: 0.4-0.6 s here for a two-second command. A window of
+    the utterance's own length costs ~0.08 s, with the same words on the eSpeak and Piper
+    test sets (docs/benchmarks.md, "Voice agent"). No temperature fallback: a voice turn is
+    short and the reply is waiting. A window Whisper finds speechless (its no-speech
+    probability over 0.6 with an average log-probability under -1, faster-whisper's rule)
+    is "". None when the greedy decode went into a loop (compression ratio over 2.4, or it
+    ran to its length limit): the caller falls back to faster-whisper's full path.
+    """
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_compression_ratio
+
+    features = model.feature_extractor(audio)
+    frames = features.shape[-1]
+    window = min(model.feature_extractor.nb_max_frames, (math.ceil(frames / 100) + 1) * 100)
+    encoded = model.encode(pad_or_trim(features[:, :window], window))
+    tokenizer = Tokenizer(
+        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+    )
+    prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+    # ~6 tokens a second of speech is generous; it also bounds a hallucinated loop.
+    max_length = min(model.max_length, int(frames / 100 * 6) + 20)
+    result = model.model.generate(
+        encoded,
+        [prompt],
+        beam_size=1,
+        max_length=max_length,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+        return_scores=True,
+        return_no_speech_prob=True,
+    )[0]
+    tokens = result.sequences_ids[0]
+    avg_logprob = result.scores[0] / (len(tokens) + 1)
+    if result.no_speech_prob > _NO_SPEECH_PROB and avg_logprob < _LOG_PROB_FLOOR:
+        return ""
+    text = tokenizer.decode(tokens).strip()
+    # Greedy decoding on a short window sometimes repeats the utterance until its length
+    # limit ("Turn on the lights. Turn on the lights. Turn on"): that is never kept.
+    if _repeats(text) or get_compression_ratio(text) > 2.4:
+        return None
+    return text
+
+
+def _repeats(text: str) -> bool:
+    """True when a run of three or more words comes twice in a row (a decoding loop)."""
+    words = [w for w in (w.strip(".,!?;:'\"").lower() for w in text.split()) if w]
+    for size in range(3, len(words) // 2 + 1):
+        for start in range(len(words) - 2 * size + 1):
+            if words[start : start + size] == words[start + size : start + 2 * size]:
+                return True
+    return False
 
 
 # -- OpenAI-compatible server -----------------------------------------------------------------
