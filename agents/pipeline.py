@@ -636,7 +636,8 @@ class AgentSession:
             raise ProtocolError(
                 "sequence_gap",
                 f"sequence {chunk.sequence} is more than {self.window.window} chunks ahead: "
-                f"chunks {gap[0]}-{gap[1]} are taken as lost and the utterance goes on.",
+                f"{gap[2]} chunk(s) from {gap[0]} to {gap[1]} are taken as lost and the "
+                "utterance goes on.",
                 "sequence",
             )
 

@@ -246,9 +246,9 @@ class SequenceWindow:
     """Puts an utterance's chunks back in ``sequence`` order within a small window.
 
     ``push(sequence, data)`` returns ``(ready, gap)``: the chunks now in order (possibly none,
-    possibly several) and, when the client skipped ahead, the ``(first, last)`` sequences given
-    up on. A duplicate (already delivered or already waiting) returns nothing and counts in
-    ``duplicates``. A chunk more than ``window`` ahead of the next expected one means the
+    possibly several) and, when the client skipped ahead, ``(first, last, count)`` of the
+    sequences given up on. A duplicate (already delivered or already waiting) returns nothing
+    and counts in ``duplicates``. A chunk more than ``window`` ahead of the next expected one means the
     missing ones are lost: they are skipped (reported as the gap) and the stream goes on from
     the chunks that did arrive. Memory is bounded by ``window`` chunks.
     """
@@ -259,7 +259,9 @@ class SequenceWindow:
         self.pending: dict[int, bytes] = {}
         self.duplicates = 0
 
-    def push(self, sequence: int | None, data: bytes) -> tuple[list[bytes], tuple[int, int] | None]:
+    def push(
+        self, sequence: int | None, data: bytes
+    ) -> tuple[list[bytes], tuple[int, int, int] | None]:
         if sequence is None:  # binary frames and chunks without a number: next in order
             if self.expected is not None:
                 self.expected += 1
@@ -273,12 +275,10 @@ class SequenceWindow:
         ready: list[bytes] = []
         if sequence >= self.expected + self.window:
             # The missing chunks are not coming: play what waits, then go on from here.
-            first_missing = self.expected
+            missing = [n for n in range(self.expected, sequence) if n not in self.pending]
             ready = self.skip_gap()
-            if sequence > self.expected:
-                gap = (first_missing if not ready else self.expected, sequence - 1)
-                gap = (min(gap[0], sequence - 1), sequence - 1)
-                self.expected = sequence
+            self.expected = max(self.expected, sequence)
+            gap = (missing[0], missing[-1], len(missing))
         self.pending[sequence] = data
         while self.expected in self.pending:
             ready.append(self.pending.pop(self.expected))

@@ -149,7 +149,7 @@ async def test_sequences_duplicated_ignored_reordered_in_a_window_else_refused(a
     )
     error = await client.until("error")
     assert (error["code"], error["field"]) == ("sequence_gap", "sequence")
-    assert f"{len(pieces)}-{len(pieces) + 49}" in error["detail"]
+    assert f"50 chunk(s) from {len(pieces)} to {len(pieces) + 49}" in error["detail"]
     await client.send(type="user.audio.end", utteranceId="q")
     final = await client.until("transcript.final")
     assert "kitchen" in final["text"].lower()
