@@ -248,9 +248,9 @@ class SequenceWindow:
     ``push(sequence, data)`` returns ``(ready, gap)``: the chunks now in order (possibly none,
     possibly several) and, when the client skipped ahead, ``(first, last, count)`` of the
     sequences given up on. A duplicate (already delivered or already waiting) returns nothing
-    and counts in ``duplicates``. A chunk more than ``window`` ahead of the next expected one means the
-    missing ones are lost: they are skipped (reported as the gap) and the stream goes on from
-    the chunks that did arrive. Memory is bounded by ``window`` chunks.
+    and counts in ``duplicates``. A chunk more than ``window`` ahead of the next expected one
+    means the missing ones are lost: they are skipped (reported as the gap) and the stream
+    goes on from the chunks that did arrive. Memory is bounded by ``window`` chunks.
     """
 
     def __init__(self, window: int = 8, first: int | None = 0) -> None:
