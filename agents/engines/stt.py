@@ -438,16 +438,22 @@ def _short_window(model: Any, audio: np.ndarray, language: str) -> str | None:
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import get_compression_ratio
 
-    features = model.feature_extractor(audio)
+    # Framed by 0.3 s of silence, as the agent's utterances are: a clip cut tight at its
+    # last word makes the short window loop or drop words (Piper clips: WER 15 % against 3 %).
+    pad = np.zeros(4800, dtype=np.float32)
+    features = model.feature_extractor(np.concatenate([pad, audio, pad]))
     frames = features.shape[-1]
     window = min(model.feature_extractor.nb_max_frames, (math.ceil(frames / 100) + 1) * 100)
     encoded = model.encode(pad_or_trim(features[:, :window], window))
     tokenizer = Tokenizer(
         model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
     )
-    prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
-    # ~6 tokens a second of speech is generous; it also bounds a hallucinated loop.
-    max_length = min(model.max_length, int(frames / 100 * 6) + 20)
+    # With timestamp tokens the model closes the utterance with one and stops; without them
+    # a short window ends in a repetition loop far more often (8 of 33 eSpeak clips against
+    # 3, none of them framed by silence as the agent's are).
+    prompt = model.get_prompt(tokenizer, [], without_timestamps=False)
+    # ~6 tokens a second of speech (and the timestamps) is generous; it bounds a loop too.
+    max_length = min(model.max_length, int(frames / 100 * 6) + 30)
     result = model.model.generate(
         encoded,
         [prompt],
@@ -455,6 +461,7 @@ def _short_window(model: Any, audio: np.ndarray, language: str) -> str | None:
         max_length=max_length,
         suppress_blank=True,
         suppress_tokens=[-1],
+        max_initial_timestamp_index=50,  # faster-whisper's: the first word within 1 s
         return_scores=True,
         return_no_speech_prob=True,
     )[0]
@@ -462,7 +469,8 @@ def _short_window(model: Any, audio: np.ndarray, language: str) -> str | None:
     avg_logprob = result.scores[0] / (len(tokens) + 1)
     if result.no_speech_prob > _NO_SPEECH_PROB and avg_logprob < _LOG_PROB_FLOOR:
         return ""
-    text = tokenizer.decode(tokens).strip()
+    words = [token for token in tokens if token < tokenizer.timestamp_begin]
+    text = " ".join(tokenizer.decode(words).split())
     # Greedy decoding on a short window sometimes repeats the utterance until its length
     # limit ("Turn on the lights. Turn on the lights. Turn on"): that is never kept.
     if _repeats(text) or get_compression_ratio(text) > 2.4:
