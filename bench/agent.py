@@ -446,11 +446,9 @@ def _fill(client: AgentClient, since: int, ex: Exchange) -> None:
     # speech (vad) or of the 300 ms of silence after it (manual).
     manual = ex.mode == "manual"
     spec_at = SPECULATE_AFTER_MS - (TAIL_SILENCE_MS if manual else 0)
-    turn_ms = (LEAD_SILENCE_MS if manual else VAD_PREROLL_MS) + ex.speech_ms + SPECULATE_AFTER_MS
-    before = sum(1 for p in ex.partials if p < spec_at)
-    ex.behind_partial = before < turn_ms // PARTIAL_EVERY_MS or any(
-        p >= spec_at for p in ex.partials
-    )
+    # A partial still running when the speculative final starts holds it up (Whisper runs
+    # one job at a time): its transcript.partial arrives after that moment.
+    ex.behind_partial = any(p >= spec_at for p in ex.partials)
     found = client.find(since, "transcript.final")
     if found:
         ex.transcript = found[1].get("text", "")
