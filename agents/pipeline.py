@@ -802,8 +802,9 @@ class AgentSession:
             if agent_busy:
                 # Barge-in: the user's speech must be held a minimum, so a cough or an
                 # "uh-huh" does not cut the agent off.
-                # Held to the nearest frame (6 frames, 192 ms, for 200 ms).
-                if detector.speech_ms >= self.vad_config.barge_in_ms - FRAME_MS // 2:
+                # Held to the nearest frame (6 frames, 192 ms, for 200 ms), counted from
+                # where the speech probability began to rise (the model lags the voice).
+                if detector.held_ms >= self.vad_config.barge_in_ms - FRAME_MS // 2:
                     if self.reply is not None and self.reply.speaking(now):
                         self._interrupt("vad")
                     self._cancel_pending()

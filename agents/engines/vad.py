@@ -51,6 +51,8 @@ _FRAME_BYTES = FRAME_SAMPLES * 2
 _STATE_SHAPE = (1, 1, 128)
 # Below threshold minus this, a frame is silence; in between it keeps the previous state.
 _HYSTERESIS = 0.15
+# Frames before the onset a hold may count (Silero's onset lag measured here: 20-80 ms).
+RISE_FRAMES = 2
 
 
 def silero_model_path() -> Path:
@@ -270,6 +272,8 @@ class TurnDetector:
         self._onset: int | None = None  # first frame of the current run
         self._last_speech_end: int | None = None  # frame index after the last speech frame
         self._silent_frames = 0  # trailing silence while speaking
+        self._rising: int | None = None  # first frame of the run above the lower threshold
+        self._hold_from: int | None = None  # where the current run's hold is counted from
 
     @property
     def speaking(self) -> bool:
@@ -287,6 +291,17 @@ class TurnDetector:
         return 0 if self._onset is None else (self._frames - self._onset) * FRAME_MS
 
     @property
+    def held_ms(self) -> int:
+        """Like ``speech_ms``, but counted from where the probability began to rise.
+
+        Silero crosses the threshold 20-80 ms after speech really starts (soft onsets); the
+        frames just before the onset that were already above the lower (hysteresis)
+        threshold count too, at most ``RISE_FRAMES`` of them, so a barge-in hold measures
+        the speech, not the model's lag.
+        """
+        return 0 if self._hold_from is None else (self._frames - self._hold_from) * FRAME_MS
+
+    @property
     def silence_ms(self) -> int:
         """Trailing silence while speaking; 0 when not speaking."""
         return self._silent_frames * FRAME_MS if self._speaking else 0
@@ -301,6 +316,11 @@ class TurnDetector:
         index = self._frames
         self._frames += 1
         threshold = self.config.threshold
+        if prob >= max(threshold - _HYSTERESIS, 0.01):
+            if self._rising is None:
+                self._rising = index
+        else:
+            self._rising = None
         if prob >= threshold:
             self._in_speech = True
         elif prob < max(threshold - _HYSTERESIS, 0.01):
@@ -317,15 +337,17 @@ class TurnDetector:
                 return None
             end = self._last_speech_end if self._last_speech_end is not None else index
             self._speaking = False
-            self._onset = None
+            self._onset = self._hold_from = None
             self._silent_frames = 0
             return VadEvent("speech_stopped", end * FRAME_MS)
 
         if not self._in_speech:
-            self._onset = None  # a blip shorter than min_speech_ms: forget it
+            self._onset = self._hold_from = None  # a blip shorter than min_speech_ms
             return None
         if self._onset is None:
             self._onset = index
+            rise = self._rising if self._rising is not None else index
+            self._hold_from = max(rise, index - RISE_FRAMES)
         self._last_speech_end = index + 1
         if (index + 1 - self._onset) * FRAME_MS < self.config.min_speech_ms:
             return None

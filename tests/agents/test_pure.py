@@ -103,3 +103,18 @@ def test_formats_and_text_fields():
             check_text(value, "text", limit=10)
         assert (error.value.code, error.value.field) == ("invalid_text", "text")
     assert base64.b64encode(b"\0\0")  # the contract's audio is base64 PCM
+
+
+def test_a_barge_in_hold_counts_from_where_the_probability_rose_but_not_further():
+    from agents.engines.vad import TurnDetector, VadConfig
+
+    detector = TurnDetector(VadConfig(threshold=0.5, min_speech_ms=96))
+    for prob in (0.05, 0.4, 0.45, 0.42, 0.9):  # rising for three frames, then speech
+        detector.push(prob)
+    assert detector.speech_ms == 32
+    assert detector.held_ms == 96  # two rising frames at most count, not three
+    detector.push(0.0)  # silence before the onset was confirmed: a blip, forgotten
+    assert detector.held_ms == detector.speech_ms == 0
+    for prob in (0.1, 0.9):  # no rise: the hold starts at the onset
+        detector.push(prob)
+    assert detector.held_ms == detector.speech_ms == 32
