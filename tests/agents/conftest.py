@@ -115,6 +115,36 @@ async def agent_connect():
     for client in opened:
         with contextlib.suppress(Exception):
             await client.close()
+    await quiesce()
+
+
+async def quiesce(timeout: float = 30.0) -> None:
+    """Wait until no agent session writes anything more (before the test's tables are
+    flushed: on PostgreSQL a write still running then deadlocks with the TRUNCATE).
+
+    First the sessions closing in the background (their room audio drains after the socket
+    is gone), then every database thread of the runtime: a barrier task per thread, queued
+    behind whatever is queued, completes only when no thread is still busy with older work.
+    """
+    import asyncio
+    import threading
+
+    from agents import consumers, pipeline
+    from streams.runtime import runtime
+
+    closing = [*pipeline._closing, *consumers._closing]
+    if closing:
+        await asyncio.wait(closing, timeout=timeout)
+    loop = asyncio.get_running_loop()
+    for executor in {runtime.executor, runtime.clock_executor}:
+        workers = getattr(executor, "_max_workers", 1)
+        barrier = threading.Barrier(workers)
+
+        def wait(barrier: threading.Barrier = barrier) -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout)
+
+        await asyncio.gather(*(loop.run_in_executor(executor, wait) for _ in range(workers)))
 
 
 def audio_of(frames: list[dict[str, Any]]) -> bytes:
