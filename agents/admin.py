@@ -23,7 +23,23 @@ def _ms(value: int | None) -> str:
     return "-" if value is None else f"{value} ms"
 
 
-class ExchangeInline(admin.StackedInline):
+class ExchangeColumns:
+    """Columns the session's inline and the exchange list both show."""
+
+    @admin.display(description="reply latency")
+    def latency(self, obj: Exchange) -> str:
+        return _ms(obj.metrics.get("reply_latency_ms"))
+
+    @admin.display(description="breakdown")
+    def breakdown(self, obj: Exchange) -> str:
+        return _breakdown(obj)
+
+    @admin.display(description="agent audio")
+    def agent_audio(self, obj: Exchange) -> str:
+        return _player(obj.agent_stream)
+
+
+class ExchangeInline(ExchangeColumns, admin.StackedInline):
     model = Exchange
     fields = (
         "index",
@@ -65,18 +81,6 @@ class ExchangeInline(admin.StackedInline):
             obj.interrupted_by,
             rest,
         )
-
-    @admin.display(description="agent audio")
-    def agent_audio(self, obj: Exchange) -> str:
-        return _player(obj.agent_stream)
-
-    @admin.display(description="reply latency")
-    def latency(self, obj: Exchange) -> str:
-        return _ms(obj.metrics.get("reply_latency_ms"))
-
-    @admin.display(description="breakdown")
-    def breakdown(self, obj: Exchange) -> str:
-        return _breakdown(obj)
 
 
 _METRICS = (
@@ -128,7 +132,7 @@ class AgentSessionAdmin(RecordAdmin):
 
 
 @admin.register(Exchange)
-class ExchangeAdmin(RecordAdmin):
+class ExchangeAdmin(ExchangeColumns, RecordAdmin):
     list_display = (
         "session",
         "index",
@@ -156,15 +160,3 @@ class ExchangeAdmin(RecordAdmin):
     @admin.display(description="heard")
     def heard(self, obj: Exchange) -> str:
         return _ms(obj.heard_ms)
-
-    @admin.display(description="reply latency")
-    def latency(self, obj: Exchange) -> str:
-        return _ms(obj.metrics.get("reply_latency_ms"))
-
-    @admin.display(description="breakdown")
-    def breakdown(self, obj: Exchange) -> str:
-        return _breakdown(obj)
-
-    @admin.display(description="agent audio")
-    def agent_audio(self, obj: Exchange) -> str:
-        return _player(obj.agent_stream)

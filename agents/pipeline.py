@@ -1010,30 +1010,17 @@ class AgentSession:
         self.record_ops.put_nowait(lambda: self._create_exchange(record, index, fields))
         carry, self.carry_from = self.carry_from, None
         state = Pending(task=None, turn=turn, record=record)  # type: ignore[arg-type]
-        state.task = self._spawn(
-            self._exchange(
-                state, index, uid, source, end_at, text, carry, spec, dict(metrics or {})
-            )
+        steps = self._exchange_steps(
+            state, index, uid, source, end_at, text, carry, spec, dict(metrics or {})
         )
+        state.task = self._spawn(self._exchange(state, steps))
         self.pending = state
         return record
 
-    async def _exchange(
-        self,
-        state: Pending,
-        index: int,
-        uid: str,
-        source: str,
-        end_at: float,
-        text: str,
-        carry: Pending | None,
-        spec: asyncio.Task | None,
-        metrics: dict[str, Any],
-    ) -> None:
+    async def _exchange(self, state: Pending, steps: Awaitable[None]) -> None:
+        """Run an exchange's steps; whatever happens, its transcript future is resolved."""
         try:
-            await self._exchange_steps(
-                state, index, uid, source, end_at, text, carry, spec, metrics
-            )
+            await steps
         finally:
             if not state.transcript.done():
                 state.transcript.set_result("")
