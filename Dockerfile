@@ -9,4 +9,5 @@ RUN DJANGO_SECRET_KEY=build python manage.py collectstatic --noinput -v0
 RUN useradd --system parley && mkdir -p var && chown parley var
 USER parley
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+# daphne with header/idle timeouts, a body cap and JSON refusals (config/server.py).
+CMD ["python", "-m", "config.server", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]

@@ -11,10 +11,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import get_resolver  # noqa: E402
+from django.urls import get_resolver, re_path  # noqa: E402
 
 from config.handlers import ApiASGIHandler, is_api_path  # noqa: E402
 from config.static import StaticFilesHandler  # noqa: E402
+from config.websocket import NotFoundConsumer  # noqa: E402
 from recordings.sio import mount as mount_socketio  # noqa: E402
 from spectate.routing import websocket_urlpatterns  # noqa: E402
 from streams.runtime import runtime  # noqa: E402
@@ -32,7 +33,8 @@ async def http_application(scope, receive, send):
 router = ProtocolTypeRouter(
     {
         "http": http_application,
-        "websocket": URLRouter(websocket_urlpatterns),
+        # Any other path: closed with 4404 and a reason, not the router's HTTP 500.
+        "websocket": URLRouter([*websocket_urlpatterns, re_path(r"", NotFoundConsumer.as_asgi())]),
     }
 )
 # The Socket.IO recording endpoint (recordings/sio.py) sits beside the Channels router.

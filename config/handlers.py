@@ -8,15 +8,24 @@ writes carry a Bearer key), the auth middleware's `request.user`, messages or fr
 options, so API paths go through this handler instead, with the security middleware's
 header logic run inline (it does no I/O). The admin, the docs and every other page keep the
 full stack.
+
+It is also where the API answers, for every path, what no view should have to: a NUL
+character in the path (404) or a query value (400 `invalid_<name>`), a body over the limit
+(413, refused before it is read), a request Django cannot build (400), and the JSON answer to
+exceptions a view let out (config/errors.py: 503 when the database is down).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
 
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.security import SecurityMiddleware
 
 # Paths of the JSON/audio API (seeds 000-004); everything else is a page.
@@ -47,12 +56,106 @@ class InlineSecurityMiddleware(SecurityMiddleware):
         return self.process_response(request, response)
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _refusal(code: str, detail: str, status: int, field: str | None = None) -> JsonResponse:
+    response = JsonResponse({"error": code, "detail": detail, "field": field}, status=status)
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def body_limit(content_type: str) -> int:
+    """Largest body in bytes an API request of this media type may have: multipart uploads
+    (voices, transcriptions) up to PARLEY_MAX_UPLOAD_BYTES (each view checks its own smaller
+    limit), anything else up to DATA_UPLOAD_MAX_MEMORY_SIZE, which Django refuses to read
+    past anyway."""
+    if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
+        return settings.PARLEY_MAX_UPLOAD_BYTES
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+def preflight(scope: dict[str, Any]) -> JsonResponse | None:
+    """The refusal of a request no view can serve, decided from its head alone; else None.
+
+    - a NUL character in the path: 404 `not_found` (nothing is named with one; PostgreSQL
+      refuses to even compare it, SQLite would just not find it);
+    - a NUL character in a query value: 400 `invalid_<name>` (`invalid_query` if in a name);
+    - a Content-Length that is not a number: 400 `invalid_content_length`;
+    - a Content-Length over `body_limit`: 413 `body_too_large`, before the body is read.
+    """
+    if "\x00" in scope["path"]:
+        return _refusal("not_found", "No endpoint at a path with a NUL character.", 404)
+    query = scope.get("query_string", b"")
+    if b"\x00" in query or b"%00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or not _NAME.fullmatch(name):
+                break
+            if "\x00" in value:
+                return _refusal(
+                    f"invalid_{name}", f"{name} must not contain NUL characters.", 400, name
+                )
+        return _refusal("invalid_query", "The query string must not contain NUL characters.", 400)
+    headers = dict(scope.get("headers", ()))
+    raw_length = headers.get(b"content-length")
+    if raw_length is not None:
+        try:
+            length = int(raw_length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            return _refusal(
+                "invalid_content_length",
+                "Content-Length must be a number of bytes.",
+                400,
+                "Content-Length",
+            )
+        limit = body_limit(headers.get(b"content-type", b"").decode("latin-1"))
+        if length > limit:
+            return _refusal(
+                "body_too_large",
+                f"The request body is {length} bytes; the largest accepted is {limit} bytes.",
+                413,
+            )
+    return None
+
+
 class ApiASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
+        from config.errors import exception_response  # config.errors imports is_api_path
+
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
+
+        async def answer(request: HttpRequest) -> HttpResponseBase:
+            try:
+                return await self._get_response_async(request)
+            except Exception as exc:
+                response = exception_response(request, exc)
+                if response is None:
+                    raise  # a bug: Django logs it and answers handler500's JSON
+                return response
+
         view: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = convert_exception_to_response(
-            self._get_response_async
+            answer
         )
         self._middleware_chain = convert_exception_to_response(InlineSecurityMiddleware(view))
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        refusal = preflight(scope)
+        if refusal is not None:
+            await self.send_response(refusal, send)  # the body, if any, is never read
+            return
+        await super().handle(scope, receive, send)
+
+    def create_request(
+        self, scope: dict[str, Any], body_file: Any
+    ) -> tuple[HttpRequest | None, HttpResponse | None]:
+        # Django answers a request it cannot build (undecodable path, ...) with a bare page.
+        request, refusal = super().create_request(scope, body_file)
+        if refusal is not None and refusal.status_code == 413:
+            return None, _refusal("body_too_large", "The request body is too large.", 413)
+        if refusal is not None:
+            return None, _refusal("bad_request", "The request cannot be read.", refusal.status_code)
+        return request, None

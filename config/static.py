@@ -9,6 +9,8 @@ other request straight to the application.
 from __future__ import annotations
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+from django.core.exceptions import SuspiciousOperation
+from django.http import Http404, HttpRequest, HttpResponseBase
 
 # Recordings are served by a view at the seed's URL, /static/audio/<sid>.wav.
 DYNAMIC_PREFIXES = ("/static/audio/",)
@@ -17,3 +19,11 @@ DYNAMIC_PREFIXES = ("/static/audio/",)
 class StaticFilesHandler(ASGIStaticFilesHandler):
     def _should_handle(self, path: str) -> bool:
         return super()._should_handle(path) and not path.startswith(DYNAMIC_PREFIXES)
+
+    def serve(self, request: HttpRequest) -> HttpResponseBase:
+        """The file, or 404 for a path that names none: Django's finders raise
+        SuspiciousFileOperation for `../` (a 500 otherwise) and ValueError for a NUL."""
+        try:
+            return super().serve(request)
+        except (SuspiciousOperation, ValueError) as exc:
+            raise Http404("No such static file.") from exc

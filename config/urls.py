@@ -39,5 +39,7 @@ urlpatterns = [
 ]
 
 # API paths answer errors in JSON like every other API error; pages keep Django's pages.
+handler400 = "config.errors.bad_request"
+handler403 = "config.errors.permission_denied"
 handler404 = "config.errors.not_found"
 handler500 = "config.errors.server_error"

@@ -111,7 +111,9 @@ def database_from_env() -> dict:
         config.setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": env_int("PARLEY_DB_POOL_SIZE", 20),
-            "timeout": 10,
+            # How long a request waits for a connection; then it answers 503 (the database
+            # is down or every connection is busy). The pool reconnects by itself.
+            "timeout": env_float("PARLEY_DB_POOL_TIMEOUT_S", 10.0),
         }
     return config
 
@@ -149,6 +151,11 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Largest non-multipart request body (JSON, form, raw PCM): Django's 2.5 MB default, stated
+# because nginx's client_max_body_size (deploy/nginx.conf) must match it. A 1 MiB chunk as
+# base64 JSON is about 1.4 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PARLEY_MAX_BODY_BYTES", 2621440)
 
 STATIC_URL = "static/"
 # Served from the apps' static folders by config/static.py: no collectstatic step needed.
@@ -252,6 +259,10 @@ PARLEY_STT_TIMEOUT_S = env_float("PARLEY_STT_TIMEOUT_S", 30.0)
 PARLEY_STT_THREADS = env_int("PARLEY_STT_THREADS", 2)
 # Largest upload of POST /v1/audio/transcriptions (OpenAI's limit is 25 MB).
 PARLEY_STT_MAX_BYTES = env_int("PARLEY_STT_MAX_BYTES", 25 * 1024 * 1024)
+# Largest multipart body of any API request (voice uploads, transcriptions): a bigger
+# Content-Length is refused with 413 before the body is read (config/handlers.py). Other
+# bodies are capped at DATA_UPLOAD_MAX_MEMORY_SIZE. deploy/nginx.conf uses the same numbers.
+PARLEY_MAX_UPLOAD_BYTES = env_int("PARLEY_MAX_UPLOAD_BYTES", PARLEY_STT_MAX_BYTES + 1024 * 1024)
 # Longest audio it transcribes, in seconds: a header promising more is refused before
 # decoding, and ffmpeg stops past it (a small compressed file can hold hours of audio).
 PARLEY_STT_MAX_SECONDS = env_float("PARLEY_STT_MAX_SECONDS", 1800.0)

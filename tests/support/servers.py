@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "PARLEY_SERVER",
     "PROJECT_ROOT",
     "DaphneProcess",
     "EmbeddedPostgres",
@@ -494,6 +495,10 @@ class _HttpProbe:
             self.conn = None
 
 
+# Parley's server entry point (config/server.py): daphne with its timeouts and JSON refusals.
+PARLEY_SERVER = (sys.executable, "-m", "config.server")
+
+
 def _daphne_command() -> list[str]:
     script = Path(sys.executable).parent / "daphne"  # venv console script: shows up as "daphne"
     return [str(script)] if script.exists() else [sys.executable, "-m", "daphne"]
@@ -506,6 +511,8 @@ class DaphneProcess(ManagedProcess):
     and daphne cannot end up silently not listening (with -p it only logs a bind error).
     Our copy is closed right after spawning, so once daphne dies the port refuses connections.
     Pass `port=` to restart on the port of a killed instance (SO_REUSEADDR is set).
+    `server=` runs another command line than `daphne` with daphne's options, e.g.
+    `PARLEY_SERVER` (`python -m config.server`, what bin/serve and the Dockerfile run).
     """
 
     def __init__(
@@ -521,6 +528,7 @@ class DaphneProcess(ManagedProcess):
         startup_timeout: float = 20.0,
         stop_timeout: float = 10.0,
         name: str = "daphne",
+        server: Sequence[str] | None = None,
     ) -> None:
         self.app = app
         self.host = host
@@ -534,7 +542,7 @@ class DaphneProcess(ManagedProcess):
             probe = _HttpProbe(host, self.port, ready_path)
             try:
                 super().__init__(
-                    [*_daphne_command(), "--fd", str(fd), *extra_args, app],
+                    [*(server or _daphne_command()), "--fd", str(fd), *extra_args, app],
                     cwd=cwd,
                     env=env,
                     name=name,

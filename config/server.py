@@ -1,0 +1,262 @@
+"""`python -m config.server`: daphne with the limits a server facing clients needs.
+
+Same command line as `daphne` (`-b`, `-p`, `--fd`, ..., the application last), plus:
+
+- `--header-timeout` (PARLEY_HEADER_TIMEOUT_S, 10 s): the request line and headers must all
+  arrive within this of the connection (or of the previous answer on a kept-alive one), or
+  the connection gets a 408 and is closed. Twisted has no such limit, and its idle timeout is
+  reset by every byte: a client sending one header byte every few seconds held a worker's
+  connection for as long as it liked (400 such connections held 60 s).
+- `--idle-timeout` (PARLEY_IDLE_TIMEOUT_S, 20 s): a connection that sends nothing this long
+  while its request (headers or body) is unfinished, or between kept-alive requests, is
+  closed. Twisted's default is 12 hours. It is off while the application handles a request
+  (long-polls, streamed answers) and on upgraded WebSockets, which daphne's ping
+  (`--ping-interval` 20 s, `--ping-timeout` 30 s) watches instead.
+- Bodies over PARLEY_MAX_UPLOAD_BYTES (multipart) or DATA_UPLOAD_MAX_MEMORY_SIZE (the rest)
+  are refused with 413 from their Content-Length (or once a chunked body passes it), before
+  Twisted buffers them: the application's own check (config/handlers.py) only runs once the
+  whole body has arrived.
+
+And daphne's own bare answers become the API's JSON error shape: Twisted's empty
+`400 Bad Request` without a Content-Type (malformed request line, headers, chunked coding),
+and daphne's HTML error pages (500, 503, 400). Twisted no longer parses multipart bodies of
+POSTs either: daphne never uses that parse, which cost a copy of every upload on the reactor
+thread and answered a malformed one (no boundary, garbage) with the empty 400 itself.
+
+daphne also drops the reason of an application's `websocket.close`: here it reaches the client
+with the code (`4404 not_found: ...`, `4400 invalid room`, ...).
+
+`--http-timeout` stays unset: daphne would cut streamed answers (speech, /audio/stream) at
+it. `--websocket_connect_timeout` (handshake) defaults to 10 s here instead of 5.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any
+
+from daphne.cli import CommandLineInterface
+from daphne.http_protocol import HTTPFactory, WebRequest
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+
+HEADER_TIMEOUT_S = float(os.environ.get("PARLEY_HEADER_TIMEOUT_S", 10))
+IDLE_TIMEOUT_S = float(os.environ.get("PARLEY_IDLE_TIMEOUT_S", 20))
+WEBSOCKET_CONNECT_TIMEOUT_S = 10
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large"}
+_CODES = {400: "bad_request", 408: "request_timeout", 413: "body_too_large"}
+_CODES.update({500: "server_error", 503: "unavailable"})
+
+
+def error_json(status: int, detail: str) -> bytes:
+    """The API's error body for a refusal decided by the server, not a view."""
+    code = _CODES.get(status, "error")
+    return json.dumps({"error": code, "detail": detail, "field": None}).encode()
+
+
+def body_cap(content_type: bytes | None) -> int | None:
+    """The largest body the application accepts for this media type (None: no cap known)."""
+    try:
+        from config.handlers import body_limit
+    except Exception:  # another application than Parley's
+        return None
+    return body_limit((content_type or b"").decode("latin-1"))
+
+
+class ParleyHTTPChannel(HTTPChannel):
+    """Twisted's HTTP/1.1 channel with a header deadline, a body cap and JSON refusals."""
+
+    _header_deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_header_deadline()
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_header_deadline()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent:
+            self._arm_header_deadline()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_header_deadline()
+        super().connectionLost(reason)
+
+    def _arm_header_deadline(self) -> None:
+        self._cancel_header_deadline()
+        timeout = getattr(self.factory, "header_timeout", None)
+        if timeout:
+            self._header_deadline = self.callLater(timeout, self._headers_too_slow)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None and self._header_deadline.active():
+            self._header_deadline.cancel()
+        self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self._handlingRequest and self.transport is not None:
+            self.refuse(408, "The request's headers did not arrive in time.")
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer `status` with the JSON error shape and close the connection."""
+        body = error_json(status, detail)
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, _REASONS.get(status, b"Error"), len(body))
+        )
+        self.transport.write(head + body)
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's bare "HTTP/1.1 400 Bad Request\r\n\r\n", with a body a client can read.
+        self.refuse(400, "The request is not valid HTTP/1.1.")
+
+
+class ParleyWebRequest(WebRequest):
+    """daphne's request: no multipart parse by Twisted, a body cap, JSON error pages."""
+
+    _refused = False
+    _received = 0
+    _cap: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parsePOSTFormSubmission = False  # Twisted sets it per instance
+
+    def gotLength(self, length: int | None) -> None:
+        self._cap = body_cap(self.requestHeaders.getRawHeaders(b"content-type", [None])[0])
+        if length is not None and self._cap is not None and length > self._cap:
+            self._refuse_body(length)
+            length = 0  # nothing of it is kept
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._cap is not None and self._received > self._cap:
+            self._refuse_body(None)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_body(self, length: int | None) -> None:
+        self._refused = True
+        size = f"{length} bytes" if length is not None else f"over {self._cap} bytes"
+        self.channel.refuse(
+            413, f"The request body is {size}; the largest accepted is {self._cap} bytes."
+        )
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def basic_error(self, status: int, status_text: bytes, body: str) -> None:
+        self.handle_reply(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"Content-Type", b"application/json")],
+            }
+        )
+        self.handle_reply({"type": "http.response.body", "body": error_json(status, body)})
+
+
+class ParleyWebSocketProtocol(WebSocketProtocol):
+    """daphne's WebSocket protocol, sending the close reason the application gave."""
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            reason = message.get("reason") or None
+            self.sendClose(code=message.get("code") or 1000, reason=reason)
+            return
+        super().handle_reply(message)
+
+
+class ParleyHTTPFactory(HTTPFactory):
+    def __init__(self, server: Server, *, header_timeout: float, idle_timeout: float) -> None:
+        super().__init__(server)
+        self.header_timeout = header_timeout or None
+        self.timeOut = idle_timeout or None  # Twisted's idle timeout, copied to each channel
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:
+        return _GenericHTTPChannelProtocol(ParleyHTTPChannel())
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = ParleyWebRequest
+        return protocol
+
+
+class ParleyServer(Server):
+    """daphne's Server with ParleyHTTPFactory and ParleyWebSocketProtocol in place of its own."""
+
+    def __init__(self, *args: Any, header_timeout: float, idle_timeout: float, **kwargs: Any):
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        super().__init__(*args, **kwargs)
+
+    # Server.run() builds `self.http_factory = HTTPFactory(self)` and listens with it at once;
+    # a property is the one seam to hand it ours instead without copying run().
+    @property
+    def http_factory(self) -> HTTPFactory:
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory: HTTPFactory) -> None:
+        if type(factory) is HTTPFactory:
+            factory = ParleyHTTPFactory(
+                self, header_timeout=self.header_timeout, idle_timeout=self.idle_timeout
+            )
+        self._http_factory = factory
+
+    @property
+    def ws_factory(self) -> WebSocketFactory:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: WebSocketFactory) -> None:
+        factory.protocol = ParleyWebSocketProtocol
+        self._ws_factory = factory
+
+
+class ParleyCommandLine(CommandLineInterface):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parser.add_argument(
+            "--header-timeout",
+            type=float,
+            default=HEADER_TIMEOUT_S,
+            help="Seconds the request line and headers may take (0: no limit)",
+        )
+        self.parser.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=IDLE_TIMEOUT_S,
+            help="Seconds a connection may send nothing while its request is unfinished "
+            "or between requests (0: no limit)",
+        )
+        self.parser.set_defaults(websocket_connect_timeout=WEBSOCKET_CONNECT_TIMEOUT_S)
+
+    def run(self, args: list[str]) -> None:
+        parsed = self.parser.parse_args(args)
+        self.server_class = functools.partial(
+            ParleyServer, header_timeout=parsed.header_timeout, idle_timeout=parsed.idle_timeout
+        )
+        super().run(args)
+
+
+def main() -> None:
+    ParleyCommandLine().run(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
