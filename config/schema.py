@@ -49,7 +49,28 @@ ACK = {
         "status": {"type": "string"},
         "duration_ms": {"type": "integer", "description": "final chunk only"},
         "playback_ends_at": {"type": "string", "format": "date-time", "nullable": True},
-        "missing_seqs": {"type": "array", "items": {"type": "integer"}},
+        "missing_seqs": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "maxItems": 100,
+            "description": "awaiting_gaps only: the first 100 missing seqs",
+        },
+        "missing_ranges": {
+            "type": "array",
+            "items": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 2,
+                "maxItems": 2,
+            },
+            "maxItems": 100,
+            "description": "awaiting_gaps only: the first 100 runs of missing seqs, "
+            "as inclusive [first, last] pairs",
+        },
+        "missing_count": {
+            "type": "integer",
+            "description": "awaiting_gaps only: how many seqs are missing in all",
+        },
     },
 }
 
@@ -65,10 +86,15 @@ def _error_responses(*codes: int) -> dict[str, Any]:
 
 
 def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool) -> dict:
+    from django.conf import settings
+
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR
+    # A stream holds at most PARLEY_MAX_CHUNKS_PER_STREAM chunks (docs/api.md).
+    seq = {**CHUNK_FIELDS["seq"], "maximum": settings.PARLEY_MAX_CHUNKS_PER_STREAM - 1}
+    chunk_fields = {**CHUNK_FIELDS, "seq": seq}
     query_params = [
         {"name": name, "in": "query", "schema": schema, "required": name in ("stream_id", "seq")}
-        for name, schema in CHUNK_FIELDS.items()
+        for name, schema in chunk_fields.items()
         if name != "data"
     ]
     result["paths"]["/audio"] = {
@@ -86,7 +112,7 @@ def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool
                     "application/json": {
                         "schema": {
                             "type": "object",
-                            "properties": CHUNK_FIELDS,
+                            "properties": chunk_fields,
                             "required": ["stream_id", "seq"],
                         }
                     },
@@ -109,7 +135,11 @@ def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool
             "tags": ["api"],
             "parameters": [
                 {"name": "room", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                },
                 {
                     "name": "types",
                     "in": "query",

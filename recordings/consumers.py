@@ -51,7 +51,7 @@ class StreamingConsumer(AsyncWebsocketConsumer):
             payload = await session.open(scope=self.scope, params=scope_params(self.scope))
         except ApiError as exc:
             await self.send_event("error", exc.as_dict())
-            await self.close(code=CLOSE_REFUSED)
+            await self.close(code=CLOSE_REFUSED, reason=exc.code)
             return
         self.session = session
         await self.send_event("response", payload)

@@ -23,9 +23,10 @@ from recordings.formats import RecordingFormat, parse_format
 from recordings.live import LiveDecoder, live_command
 from recordings.models import Recording, RecordingStatus, Transport
 from recordings.selectors import result_file_path_payload
-from streams.audio import FormatError
+from streams.audio import BYTES_PER_SAMPLE_RANGE, CHANNEL_CHOICES, SAMPLE_RATE_RANGE, FormatError
 from streams.auth import authenticate, require_writer, resolve_speaker
 from streams.errors import ApiError
+from streams.params import parse_int
 from streams.runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,25 @@ def _authorization(scope: Mapping[str, Any], params: Mapping[str, Any]) -> str |
     return _header(scope, b"authorization")
 
 
+# The handshake's numbers and their ranges (streams.audio's, which parse_format applies).
+FORMAT_NUMBERS = {
+    "sample_rate_hz": SAMPLE_RATE_RANGE,
+    "channels": (CHANNEL_CHOICES[0], CHANNEL_CHOICES[-1]),
+    "bytes_per_sample": BYTES_PER_SAMPLE_RANGE,
+}
+
+
+def format_numbers(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` with its format numbers read by streams.params: text or JSON (`16000`,
+    `"16000"`, `16000.0`), bounded before conversion. Raises ApiError `invalid_<field>`."""
+    numbers = {
+        name: parse_int(params[name], field=name, minimum=low, maximum=high, text=True)
+        for name, (low, high) in FORMAT_NUMBERS.items()
+        if params.get(name) not in (None, "")
+    }
+    return {**params, **numbers}
+
+
 def _optional_str(params: Mapping[str, Any], name: str) -> str | None:
     value = params.get(name)
     if value is None or value == "":
@@ -122,7 +142,7 @@ class RecordingSession:
         `streaming_key` that force_stop takes); raises ApiError to refuse the connection.
         """
         try:
-            fmt = parse_format(params)
+            fmt = parse_format(format_numbers(params))
         except FormatError as exc:
             raise ApiError(f"invalid_{exc.field}", exc.detail, field=exc.field) from exc
         room = _optional_str(params, "room")

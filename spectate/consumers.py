@@ -13,6 +13,7 @@ from django.utils import timezone
 from spectate.services import events_between, spectator_join, spectator_leave
 from streams.errors import ApiError
 from streams.events import iso, room_group
+from streams.params import MAX_EVENT_ID, parse_int
 from streams.runtime import runtime
 from streams.services import validate_room_name
 
@@ -22,14 +23,15 @@ CLOSE_BAD_REQUEST = 4400
 
 
 def parse_query(query_string: bytes) -> tuple[str, int | None]:
+    """(room, after) of the handshake's query string; ApiError `invalid_room` /
+    `invalid_after` (an event id: 0 to 2**63 - 1) otherwise."""
     params = parse_qs(query_string.decode("latin-1"))
     room = validate_room_name(params.get("room", ["default"])[0])
     after = None
     if "after" in params:
-        raw = params["after"][0]
-        if not (raw.isascii() and raw.isdigit()):
-            raise ApiError("invalid_after", "after must be a non-negative integer.", field="after")
-        after = int(raw)
+        after = parse_int(
+            params["after"][0], field="after", minimum=0, maximum=MAX_EVENT_ID, text=True
+        )
     return room, after
 
 
@@ -55,7 +57,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         except ApiError as exc:
             await self.accept()
             await self.send_json(self._error(exc.as_dict(), room=None, event_id=0))
-            await self.close(code=CLOSE_BAD_REQUEST)
+            await self.close(code=CLOSE_BAD_REQUEST, reason=exc.code)
             return
         # Subscribe before reading the snapshot: anything committed after it arrives live
         # and is de-duplicated by id, so the seam between the two loses nothing.

@@ -92,7 +92,13 @@ class StreamAdmin(RecordAdmin):
 
     @admin.display(description="missing seqs")
     def missing(self, stream: Stream) -> str:
-        return ", ".join(map(str, selectors.stream_missing_seqs(stream))) or "-"
+        gaps = selectors.stream_missing(stream)
+        if not gaps.count:
+            return "-"
+        listed = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in gaps.ranges)
+        return f"{gaps.count}: {listed}" + (
+            " …" if sum(b - a + 1 for a, b in gaps.ranges) < gaps.count else ""
+        )
 
     @admin.display(description="audio")
     def audio_player(self, stream: Stream) -> str:

@@ -22,6 +22,7 @@ from streams.errors import ApiError, validation_error_body
 from streams.events import room_group
 from streams.http import error_response, json_object, method_not_allowed
 from streams.models import Room
+from streams.params import MAX_EVENT_ID, json_loads, parse_int, parse_number
 from streams.runtime import runtime
 from streams.serializers import chunk_from_request
 
@@ -45,7 +46,7 @@ def _parse_chunk(request: HttpRequest) -> tuple[dict[str, Any], bytes | None]:
             field="Content-Type",
             status_code=415,
         )
-    return json_object(body), None
+    return json_object(body, loads=json_loads), None
 
 
 @csrf_exempt
@@ -69,14 +70,9 @@ async def audio_view(request: HttpRequest) -> JsonResponse:
 
 
 def _poll_params(request: HttpRequest) -> tuple[int, list[str] | None, float]:
-    try:
-        after = int(request.GET.get("after", "0"))
-        if after < 0:
-            raise ValueError
-    except ValueError as exc:
-        raise ApiError(
-            "invalid_after", "after must be a non-negative integer.", field="after"
-        ) from exc
+    after = parse_int(
+        request.GET.get("after") or 0, field="after", minimum=0, maximum=MAX_EVENT_ID, text=True
+    )
     types = None
     if raw_types := request.GET.get("types"):
         types = [t.strip() for t in raw_types.split(",") if t.strip()]
@@ -88,15 +84,13 @@ def _poll_params(request: HttpRequest) -> tuple[int, list[str] | None, float]:
                 f"{', '.join(sorted(EVENT_TYPES))}.",
                 field="types",
             )
-    limit = settings.PARLEY_LONGPOLL_MAX_S
-    try:
-        wait = float(request.GET.get("wait", "0"))
-        if not 0 <= wait <= limit:
-            raise ValueError
-    except ValueError as exc:
-        raise ApiError(
-            "invalid_wait", f"wait must be a number of seconds from 0 to {limit:g}.", field="wait"
-        ) from exc
+    wait = parse_number(
+        request.GET.get("wait") or 0,
+        field="wait",
+        minimum=0,
+        maximum=settings.PARLEY_LONGPOLL_MAX_S,
+        text=True,
+    )
     return after, types, wait
 
 

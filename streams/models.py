@@ -107,7 +107,10 @@ class Stream(models.Model):
     next_emit_seq = models.PositiveIntegerField(default=0)
     emitted_bytes = models.BigIntegerField(default=0)
     final_seq = models.IntegerField(null=True, blank=True)
-    missing_seqs = models.JSONField(default=list, blank=True)
+    # Seqs the gap timeout gave up on: the first streams.gaps.MAX_LISTED inclusive
+    # [first, last] ranges, and how many seqs they are in all (a count, never a list).
+    missing_ranges = models.JSONField(default=list, blank=True)
+    missing_count = models.PositiveIntegerField(default=0)
     speech_text = models.TextField(blank=True)
 
     first_arrival_at = models.DateTimeField(null=True, blank=True)

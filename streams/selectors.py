@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from streams.audio import heard_seconds
 from streams.events import hydrate, iso
+from streams.gaps import MAX_LISTED, Gaps, gaps_in
 from streams.models import (
     ACTIVE_TURN_STATUSES,
     Chunk,
@@ -54,21 +55,30 @@ def stream_duration_ms(stream: Stream) -> int:
     return round(stream.pcm_format.duration_s(stream.total_bytes) * 1000)
 
 
-def stream_missing_seqs(stream: Stream) -> list[int]:
-    if stream.missing_seqs:
-        return list(stream.missing_seqs)
-    highest = stream.final_seq
-    if highest is None:
-        highest = (
-            Chunk.objects.filter(stream=stream)
-            .order_by("-seq")
-            .values_list("seq", flat=True)
-            .first()
-        )
-    if highest is None:
-        return []
-    present = set(Chunk.objects.filter(stream=stream).values_list("seq", flat=True))
-    return [seq for seq in range(highest + 1) if seq not in present]
+def stream_missing(stream: Stream) -> Gaps:
+    """The seqs a stream lacks below its final (or, while open, its highest) seq: the first
+    gaps.MAX_LISTED ranges and the exact count, whatever the seqs.
+
+    A finalized stream's are stored (what the gap timeout skipped). Otherwise they are
+    read from the chunks: those below `next_emit_seq` are all there (published in order),
+    so only the buffered ones above it are read, and only up to the last range listed.
+    """
+    if stream.missing_count or stream.status in (StreamStatus.PLAYING, StreamStatus.PLAYED):
+        return Gaps(ranges=list(stream.missing_ranges), count=stream.missing_count)
+    buffered = Chunk.objects.filter(stream=stream, seq__gte=stream.next_emit_seq)
+    end = stream.final_seq
+    if end is None:
+        end = buffered.order_by("-seq").values_list("seq", flat=True).first()
+    if end is None or end < stream.next_emit_seq:
+        return Gaps()
+    seqs = buffered.order_by("seq").values_list("seq", flat=True)
+    return gaps_in(
+        seqs.iterator(chunk_size=MAX_LISTED + 1),
+        start=stream.next_emit_seq,
+        end=end,
+        # Every chunk is at or below `end`: the rest of start..end is missing.
+        count=max(0, end + 1 - stream.chunk_count),
+    )
 
 
 def stream_as_dict(stream: Stream) -> dict[str, Any]:
@@ -86,7 +96,7 @@ def stream_as_dict(stream: Stream) -> dict[str, Any]:
         "bytes": stream.total_bytes,
         "chunks": stream.chunk_count,
         "duration_ms": stream_duration_ms(stream),
-        "missing_seqs": stream_missing_seqs(stream),
+        **stream_missing(stream).as_answer(),
         "playback_ends_at": iso(stream.playback_ends_at),
         "heard_ms": stream.heard_ms,
         # The text is published when playback ends (or is cut), never before: a spectator

@@ -11,9 +11,24 @@ from django.conf import settings
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from streams.audio import FormatError, PcmFormat
+from streams.audio import (
+    BYTES_PER_SAMPLE_RANGE,
+    CHANNEL_CHOICES,
+    PLAYBACK_SPEED_RANGE,
+    SAMPLE_RATE_RANGE,
+    FormatError,
+    PcmFormat,
+)
 from streams.errors import ApiError
-from streams.services import ChunkIn, validate_room_name, validate_speaker, validate_stream_id
+from streams.gaps import MAX_LISTED
+from streams.params import HugeInt, parse_int, parse_number
+from streams.services import (
+    ChunkIn,
+    validate_room_name,
+    validate_seq,
+    validate_speaker,
+    validate_stream_id,
+)
 
 
 class Base64Field(serializers.CharField):
@@ -27,11 +42,38 @@ class Base64Field(serializers.CharField):
         ]
 
 
+class ClientIntegerField(serializers.IntegerField):
+    """An integer as streams.params reads it: bounded before conversion (no 4300-digit
+    ValueError, no `max_string_length` code), `16000.0` is 16000, `1.5` is refused."""
+
+    def to_internal_value(self, data: Any) -> int:
+        low = self.min_value if self.min_value is not None else -(2**63)
+        high = self.max_value if self.max_value is not None else 2**63 - 1
+        try:
+            return parse_int(data, field=self.field_name, minimum=low, maximum=high, text=True)
+        except ApiError as exc:
+            raise serializers.ValidationError(exc.detail, code="invalid") from exc
+
+
+class ClientFloatField(serializers.FloatField):
+    """A finite number as streams.params reads it (no `nan`, `inf` or 1000-digit text)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        low = self.min_value if self.min_value is not None else -math.inf
+        high = self.max_value if self.max_value is not None else math.inf
+        try:
+            return parse_number(data, field=self.field_name, minimum=low, maximum=high, text=True)
+        except ApiError as exc:
+            raise serializers.ValidationError(exc.detail, code="invalid") from exc
+
+
 class AudioChunkSerializer(serializers.Serializer):
     """POST /audio, field for field as the seed, plus optional room and speaker."""
 
     stream_id = serializers.CharField(trim_whitespace=False, allow_blank=True)
-    seq = serializers.IntegerField(min_value=0, max_value=2**31 - 1)
+    seq = ClientIntegerField(
+        min_value=0, help_text="at most PARLEY_MAX_CHUNKS_PER_STREAM - 1 (docs/api.md)"
+    )
     data = Base64Field(
         required=False,
         allow_blank=True,
@@ -43,12 +85,43 @@ class AudioChunkSerializer(serializers.Serializer):
     speech_text = serializers.CharField(
         required=False, allow_blank=True, default="", max_length=20000
     )
-    sample_rate_hz = serializers.IntegerField(required=False, default=24000)
-    channels = serializers.IntegerField(required=False, default=1)
-    bytes_per_sample = serializers.IntegerField(required=False, default=2)
-    playback_speed = serializers.FloatField(required=False, default=1.0)
+    sample_rate_hz = ClientIntegerField(
+        required=False,
+        default=24000,
+        min_value=SAMPLE_RATE_RANGE[0],
+        max_value=SAMPLE_RATE_RANGE[1],
+    )
+    channels = ClientIntegerField(
+        required=False, default=1, min_value=CHANNEL_CHOICES[0], max_value=CHANNEL_CHOICES[-1]
+    )
+    bytes_per_sample = ClientIntegerField(
+        required=False,
+        default=2,
+        min_value=BYTES_PER_SAMPLE_RANGE[0],
+        max_value=BYTES_PER_SAMPLE_RANGE[1],
+    )
+    playback_speed = ClientFloatField(
+        required=False,
+        default=1.0,
+        min_value=PLAYBACK_SPEED_RANGE[0],
+        max_value=PLAYBACK_SPEED_RANGE[1],
+    )
     room = serializers.CharField(required=False, default="default")
     speaker = serializers.CharField(required=False, allow_null=True, default=None)
+
+
+class MissingRangesField(serializers.ListField):
+    """Missing seqs as inclusive [first, last] pairs, ascending, at most gaps.MAX_LISTED."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        pair = serializers.ListField(
+            child=serializers.IntegerField(min_value=0), min_length=2, max_length=2
+        )
+        kwargs.setdefault(
+            "help_text",
+            f"the first {MAX_LISTED} runs of missing seqs, as inclusive [first, last] pairs",
+        )
+        super().__init__(child=pair, max_length=MAX_LISTED, **kwargs)
 
 
 class AudioAckSerializer(serializers.Serializer):
@@ -61,11 +134,24 @@ class AudioAckSerializer(serializers.Serializer):
     status = serializers.CharField()
     duration_ms = serializers.IntegerField(required=False)
     playback_ends_at = serializers.DateTimeField(required=False, allow_null=True)
-    missing_seqs = serializers.ListField(child=serializers.IntegerField(), required=False)
+    missing_seqs = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        max_length=MAX_LISTED,
+        help_text=f"awaiting_gaps only: the first {MAX_LISTED} missing seqs",
+    )
+    missing_ranges = MissingRangesField(required=False)
+    missing_count = serializers.IntegerField(
+        required=False, help_text="awaiting_gaps only: how many seqs are missing in all"
+    )
 
 
-INTEGER_FIELDS = {"sample_rate_hz": 24000, "channels": 1, "bytes_per_sample": 2}
-MAX_SEQ = 2**31 - 1
+# A JSON chunk's integer fields: (default, lowest, highest).
+INTEGER_FIELDS = {
+    "sample_rate_hz": (24000, *SAMPLE_RATE_RANGE),
+    "channels": (1, CHANNEL_CHOICES[0], CHANNEL_CHOICES[-1]),
+    "bytes_per_sample": (2, *BYTES_PER_SAMPLE_RANGE),
+}
 MAX_SPEECH_TEXT = 20000
 
 
@@ -81,7 +167,7 @@ def _text(values: dict, field: str, default: str | None, *, blank: bool) -> str 
         return default
     value = values[field]
     if type(value) is not str:
-        raise _invalid(field, f"{field} must be a string, not {type(value).__name__}.")
+        raise _invalid(field, f"{field} must be a string, not {json_type(value)}.")
     if "\x00" in value:
         raise _invalid(field, f"{field} must not contain NUL characters.")
     # Names are taken as sent (" bob" is no name); only the spoken text is trimmed.
@@ -103,13 +189,9 @@ def json_chunk_fields(values: dict) -> dict[str, Any]:
     OpenAPI schema and validates the raw-body form's query strings): DRF's field machinery
     cost more per chunk than the database did (docs/benchmarks.md).
     """
-    seq = values.get("seq")
     if "seq" not in values:
         raise _invalid("seq", "seq is required.")
-    if type(seq) is not int:
-        raise _invalid("seq", f"seq must be an integer, not {json_type(seq)}.")
-    if not 0 <= seq <= MAX_SEQ:
-        raise _invalid("seq", f"seq must be between 0 and {MAX_SEQ}.")
+    seq = validate_seq(values["seq"])
     done = values.get("done", False)
     if type(done) is not bool:
         raise _invalid("done", f"done must be true or false, not {json_type(done)}.")
@@ -131,15 +213,16 @@ def json_chunk_fields(values: dict) -> dict[str, Any]:
         "room": _text(values, "room", "default", blank=False),
         "speaker": None if speaker is None else _text(values, "speaker", None, blank=False),
     }
-    for field, default in INTEGER_FIELDS.items():
+    for field, (default, low, high) in INTEGER_FIELDS.items():
         value = values.get(field, default)
-        if type(value) is not int:
-            raise _invalid(field, f"{field} must be an integer, not {json_type(value)}.")
-        fields[field] = value
-    speed = values.get("playback_speed", 1.0)
-    if type(speed) not in (int, float) or not math.isfinite(speed):
-        raise _invalid("playback_speed", f"playback_speed must be a number, not {speed!r}.")
-    fields["playback_speed"] = float(speed)
+        fields[field] = parse_int(value, field=field, minimum=low, maximum=high)
+    low_speed, high_speed = PLAYBACK_SPEED_RANGE
+    fields["playback_speed"] = parse_number(
+        values.get("playback_speed", 1.0),
+        field="playback_speed",
+        minimum=low_speed,
+        maximum=high_speed,
+    )
     return fields
 
 
@@ -153,6 +236,8 @@ def json_type(value: Any) -> str:
     }
     if value is None:
         return "null"
+    if isinstance(value, HugeInt):
+        return repr(value)
     return names.get(type(value), type(value).__name__)
 
 
@@ -164,6 +249,7 @@ def chunk_from_request(values: dict, *, raw_data: bytes | None, speaker: str) ->
         serializer = AudioChunkSerializer(data=values)
         serializer.is_valid(raise_exception=True)
         fields = serializer.validated_data
+        validate_seq(fields["seq"])
     stream_id = validate_stream_id(fields["stream_id"])
     room = validate_room_name(fields["room"])
     validate_speaker(speaker)
@@ -289,7 +375,13 @@ class StreamSerializer(StreamFieldsSerializer):
     kind = serializers.CharField()
     room = serializers.CharField()
     turn_id = serializers.CharField(allow_null=True)
-    missing_seqs = serializers.ListField(child=serializers.IntegerField())
+    missing_seqs = serializers.ListField(
+        child=serializers.IntegerField(),
+        max_length=MAX_LISTED,
+        help_text=f"the first {MAX_LISTED} missing seqs (see missing_ranges, missing_count)",
+    )
+    missing_ranges = MissingRangesField()
+    missing_count = serializers.IntegerField(help_text="how many seqs are missing in all")
     heard_ms = serializers.IntegerField(allow_null=True)
     speech_text = serializers.CharField(
         allow_null=True, help_text="null until playback ended or was cut"

@@ -30,6 +30,7 @@ from streams.events import (
     iso,
     room_group,
 )
+from streams.gaps import Gaps
 from streams.models import (
     ACTIVE_TURN_STATUSES,
     Chunk,
@@ -40,12 +41,14 @@ from streams.models import (
     TurnStatus,
     Utterance,
 )
+from streams.params import parse_int
 from streams.selectors import (
     active_turn,
     free_floor_state,
     room_state,
     spectator_count,
     stream_heard_ms,
+    stream_missing,
 )
 
 ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -347,21 +350,25 @@ def chunk_publish(stream: Stream, chunk: Chunk, batch: EventBatch, now: datetime
 
 
 def _publish_buffered(stream: Stream, batch: EventBatch, now: datetime, *, skip_gaps: bool) -> None:
-    """Publish chunks that were waiting for a lower seq (or, at the gap timeout, all of them)."""
+    """Publish chunks that were waiting for a lower seq (or, at the gap timeout, all of them,
+    recording the seqs skipped as ranges and a count: never one entry per missing seq)."""
     waiting = Chunk.objects.filter(
         stream=stream, seq__gte=stream.next_emit_seq, offset_bytes__isnull=True
     ).order_by("seq")
-    missing = list(stream.missing_seqs)
+    missing = Gaps()
     for chunk in waiting:
         if chunk.seq != stream.next_emit_seq:
             if not skip_gaps:
                 break
-            missing.extend(range(stream.next_emit_seq, chunk.seq))
+            missing.add(stream.next_emit_seq, chunk.seq - 1)
         chunk_publish(stream, chunk, batch, now)
         chunk.save(update_fields=["offset_bytes", "play_start_at"])
-    if skip_gaps and stream.final_seq is not None and stream.next_emit_seq <= stream.final_seq:
-        missing.extend(range(stream.next_emit_seq, stream.final_seq + 1))
-    stream.missing_seqs = missing
+    if not skip_gaps:
+        return
+    if stream.final_seq is not None:
+        missing.add(stream.next_emit_seq, stream.final_seq)
+    stream.missing_ranges = missing.ranges
+    stream.missing_count = missing.count
 
 
 def _finalize(stream: Stream, room: Room, batch: EventBatch, now: datetime) -> None:
@@ -396,6 +403,10 @@ def _finalize(stream: Stream, room: Room, batch: EventBatch, now: datetime) -> N
             stream.heard_ms = stream.duration_ms
     else:
         _after_commit_arm("release", str(turn_id), release_at)
+        # The other processes stand by as its backup, in case this one dies before then.
+        from streams.scheduler import release_announce
+
+        release_announce(turn_id=turn_id, release_at=release_at)
 
 
 @dataclass(frozen=True)
@@ -507,9 +518,31 @@ def _release(room: Room, plan: ReleasePlan, batch: EventBatch, now: datetime) ->
     return True
 
 
+def validate_seq(seq: Any) -> int:
+    """A chunk's seq: 0 to PARLEY_MAX_CHUNKS_PER_STREAM - 1, or ApiError `invalid_seq`.
+
+    The bound is what keeps a seq from sizing the server's work: a stream cannot hold more
+    chunks than that, so no seq beyond it can ever be filled in below.
+    """
+    limit = settings.PARLEY_MAX_CHUNKS_PER_STREAM
+    return parse_int(
+        seq,
+        field="seq",
+        minimum=0,
+        maximum=limit - 1,
+        why=f" (a stream holds at most PARLEY_MAX_CHUNKS_PER_STREAM = {limit} chunks)",
+    )
+
+
 def chunk_ingest(chunk: ChunkIn) -> dict[str, Any]:
-    """POST /audio: store one chunk durably, publish what is now in order, maybe finalize."""
+    """POST /audio: store one chunk durably, publish what is now in order, maybe finalize.
+
+    Raises ApiError `invalid_seq` for a seq past PARLEY_MAX_CHUNKS_PER_STREAM, and the
+    other refusals of docs/api.md.
+    """
     now = timezone.now()
+    if not 0 <= chunk.seq < settings.PARLEY_MAX_CHUNKS_PER_STREAM:
+        validate_seq(chunk.seq)  # raises, with the detail
     with transaction.atomic():
         acknowledged = _ingest_next_in_order(chunk, now)
         if acknowledged is not None:
@@ -759,7 +792,6 @@ STREAM_PROGRESS_FIELDS = [
     "speech_text",
     "playhead_at",
     "gap_deadline",
-    "missing_seqs",
 ]
 LEASE_RENEWAL_STEP = timedelta(seconds=1)
 
@@ -821,8 +853,7 @@ def _ack(stream: Stream, seq: int, *, duplicate: bool) -> dict[str, Any]:
         body["duration_ms"] = _duration_ms(stream)
         body["playback_ends_at"] = iso(stream.playback_ends_at)
         if stream.status == StreamStatus.AWAITING_GAPS:
-            present = set(stream.chunks.values_list("seq", flat=True))
-            body["missing_seqs"] = [s for s in range(stream.final_seq + 1) if s not in present]
+            body.update(stream_missing(stream).as_answer())
     return body
 
 

@@ -86,7 +86,7 @@ def test_json_validation_accepts_only_what_the_serializer_accepts_unchanged(chan
     ("changes", "field"),
     [
         ({"seq": "1"}, "seq"),
-        ({"seq": 4.0}, "seq"),
+        ({"seq": 4.5}, "seq"),
         ({"seq": True}, "seq"),
         ({"done": "yes"}, "done"),
         ({"done": 1}, "done"),
@@ -94,7 +94,8 @@ def test_json_validation_accepts_only_what_the_serializer_accepts_unchanged(chan
         ({"room": 5}, "room"),
         ({"speaker": False}, "speaker"),
         ({"sample_rate_hz": "16000"}, "sample_rate_hz"),
-        ({"sample_rate_hz": 16000.0}, "sample_rate_hz"),
+        ({"sample_rate_hz": 16000.5}, "sample_rate_hz"),
+        ({"channels": 1.5}, "channels"),
         ({"playback_speed": "1.5"}, "playback_speed"),
         ({"data": 5}, "data"),
         ({"speech_text": ["a"]}, "speech_text"),
@@ -104,6 +105,13 @@ def test_json_types_are_strict(changes, field):
     with pytest.raises(ApiError) as caught:
         json_chunk_fields({**BASE, **changes})
     assert caught.value.field == field
+
+
+def test_integral_json_numbers_are_integers():
+    # JSON has one number type: 1.0 is the integer 1 (issue 8: "channels": 1.0 was refused).
+    fields = json_chunk_fields({**BASE, "seq": 4.0, "sample_rate_hz": 16000.0, "channels": 1.0})
+    assert (fields["seq"], fields["sample_rate_hz"], fields["channels"]) == (4, 16000, 1)
+    assert type(fields["channels"]) is int
 
 
 def test_the_common_chunk_is_accepted():

@@ -177,7 +177,7 @@ def test_gap_waits_then_finalizes_with_what_arrived(post_chunk, settings):
     sweep_once()
     stream.refresh_from_db()
     assert stream.status == "playing"
-    assert stream.missing_seqs == [1]
+    assert (stream.missing_ranges, stream.missing_count) == ([[1, 1]], 1)
     chunk_seqs = [p["seq"] for k, p in events() if k == "audio_chunk"]
     assert chunk_seqs == [0, 2]
 
@@ -189,7 +189,7 @@ def test_gap_filled_in_time_finalizes_normally(post_chunk):
     assert body["status"] == "playing"
     assert body["duration_ms"] == 300
     assert [p["seq"] for k, p in events() if k == "audio_chunk"] == [0, 1, 2]
-    assert Stream.objects.get().missing_seqs == []
+    assert (Stream.objects.get().missing_ranges, Stream.objects.get().missing_count) == ([], 0)
 
 
 def test_a_silent_claim_expires_after_the_lease(client):

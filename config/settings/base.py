@@ -201,6 +201,11 @@ PARLEY_TURN_LEASE_S = env_float("PARLEY_TURN_LEASE_S", 30.0)
 PARLEY_GAP_TIMEOUT_S = env_float("PARLEY_GAP_TIMEOUT_S", 5.0)
 PARLEY_MAX_CHUNK_BYTES = env_int("PARLEY_MAX_CHUNK_BYTES", 1024 * 1024)
 PARLEY_MAX_STREAM_BYTES = env_int("PARLEY_MAX_STREAM_BYTES", 50 * 1024 * 1024)
+# Chunks (so seqs) a stream may have: by default as many 10 ms chunks of the default format
+# (24 kHz 16-bit mono, 480 bytes) as the byte limit holds. It bounds what a seq can make the
+# server list or track, whatever the client sends.
+PARLEY_MAX_CHUNKS_PER_STREAM = env_int(
+    "PARLEY_MAX_CHUNKS_PER_STREAM", PARLEY_MAX_STREAM_BYTES // (24000 * 2 // 100)
 PARLEY_REQUIRE_AUTH = env_bool("PARLEY_REQUIRE_AUTH", False)
 PARLEY_SWEEP_INTERVAL_S = env_float("PARLEY_SWEEP_INTERVAL_S", 1.0)
 PARLEY_SCHEDULER = env_bool("PARLEY_SCHEDULER", True)
