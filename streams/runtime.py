@@ -117,6 +117,8 @@ class Runtime:
         self._tasks = [loop.create_task(self._publisher(), name="parley-publisher")]
         if settings.PARLEY_SCHEDULER if sweeper is None else sweeper:
             self._tasks.append(loop.create_task(self._sweeper(), name="parley-sweeper"))
+            if connection.vendor == "postgresql":
+                self._tasks.append(loop.create_task(self._standby(), name="parley-standby"))
         else:
             self._tasks.append(loop.create_task(self._heartbeat(), name="parley-heartbeat"))
         if connection.vendor == "sqlite":
@@ -241,7 +243,7 @@ class Runtime:
         fire_at = when
         if backup:
             fire_at += timedelta(seconds=settings.PARLEY_RELEASE_BACKUP_S)
-        elif kind == "release":
+        if kind == "release":
             # Read the release's data ahead of the moment; only its writes are left for then.
             fire_at -= timedelta(seconds=settings.PARLEY_RELEASE_PREPARE_S)
         delay = max(0.0, (fire_at - timezone.now()).total_seconds())
@@ -256,11 +258,16 @@ class Runtime:
         from streams.scheduler import JOBS
 
         try:
-            if kind == "release" and not backup:
+            if kind == "release":
+                # Owner and backups alike: the reads first, then only the writes at the
+                # moment (a backup's prepare finds a healthy owner's release done).
                 plan = await self.run_clock_db(services.release_prepare, turn_id=key)
                 if plan is None:
                     return
-                await _sleep_until(plan.release_at)
+                moment = plan.release_at
+                if backup:
+                    moment += timedelta(seconds=settings.PARLEY_RELEASE_BACKUP_S)
+                await _sleep_until(moment)
                 await self.run_clock_db(services.release_commit, plan=plan)
                 return
             await _sleep_until(when)
@@ -283,6 +290,38 @@ class Runtime:
             except Exception:
                 logger.exception("sweep failed")
             await asyncio.sleep(interval)
+
+    async def _standby(self) -> None:
+        """PostgreSQL: stand by as the backup of every release another process announces.
+
+        `LISTEN parley_release` on a session of its own (streams/scheduler.py announces each
+        release when its final chunk commits). On every (re)connection, every finalized
+        turn is armed too: nothing announced while this was not listening is missed.
+        """
+        import psycopg
+
+        from streams.scheduler import (
+            RELEASE_CHANNEL,
+            listen_params,
+            parse_announcement,
+            pending_releases,
+        )
+
+        while True:
+            try:
+                params = await self.run_clock_db(listen_params)
+                async with await psycopg.AsyncConnection.connect(**params) as listener:
+                    await listener.execute(f"LISTEN {RELEASE_CHANNEL}")
+                    for kind, key, when in await self.run_clock_db(pending_releases):
+                        self._arm(kind, key, when, backup=True)
+                    async for notice in listener.notifies():
+                        due = parse_announcement(notice.payload)
+                        if due is not None:
+                            self._arm(*due, backup=True)
+            except Exception:
+                # The database is away: the sweeper covers until this is back.
+                logger.warning("release standby lost its connection; retrying", exc_info=True)
+            await asyncio.sleep(1.0)
 
     async def _heartbeat(self) -> None:
         """Without a sweeper here (PARLEY_SCHEDULER=0), still say which sockets and jobs live,

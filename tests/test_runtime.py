@@ -38,13 +38,16 @@ async def test_an_owners_release_timer_replaces_a_sweepers_backup_and_fires_earl
     runtime._arm("release", "t1", when, backup=True)
     backup, is_backup = runtime._timers[("release", "t1")]
     assert is_backup
-    assert backup.when() - loop.time() == pytest.approx(60 + settings.PARLEY_RELEASE_BACKUP_S, 0.01)
+    # A backup too reads its plan ahead of its moment, the predicted end + the backup delay.
+    lead = settings.PARLEY_RELEASE_PREPARE_S
+    backup_in = 60 + settings.PARLEY_RELEASE_BACKUP_S - lead
+    assert backup.when() - loop.time() == pytest.approx(backup_in, abs=0.01)
 
     runtime._arm("release", "t1", when)  # the owner, after its final chunk committed
     owner, is_backup = runtime._timers[("release", "t1")]
     assert backup.cancelled() and not is_backup
     # Early by the prepare lead: the plan is read ahead, the commit waits for `when`.
-    assert owner.when() - loop.time() == pytest.approx(60 - settings.PARLEY_RELEASE_PREPARE_S, 0.01)
+    assert owner.when() - loop.time() == pytest.approx(60 - lead, abs=0.01)
 
     runtime._arm("release", "t1", when, backup=True)  # a later sweep changes nothing
     assert runtime._timers[("release", "t1")] == (owner, False)
