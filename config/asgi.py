@@ -15,7 +15,7 @@ from django.urls import get_resolver, re_path  # noqa: E402
 
 from config.handlers import ApiASGIHandler, is_api_path  # noqa: E402
 from config.static import StaticFilesHandler  # noqa: E402
-from config.websocket import NotFoundConsumer  # noqa: E402
+from config.websocket import NotFoundConsumer, close_when_unavailable  # noqa: E402
 from recordings.sio import mount as mount_socketio  # noqa: E402
 from spectate.routing import websocket_urlpatterns  # noqa: E402
 from streams.runtime import runtime  # noqa: E402
@@ -33,8 +33,11 @@ async def http_application(scope, receive, send):
 router = ProtocolTypeRouter(
     {
         "http": http_application,
-        # Any other path: closed with 4404 and a reason, not the router's HTTP 500.
-        "websocket": URLRouter([*websocket_urlpatterns, re_path(r"", NotFoundConsumer.as_asgi())]),
+        # Any other path: closed with 4404 and a reason, not the router's HTTP 500; the
+        # database down: 4503 and a reason, not a 500 or a bare 1011 (config/websocket.py).
+        "websocket": close_when_unavailable(
+            URLRouter([*websocket_urlpatterns, re_path(r"", NotFoundConsumer.as_asgi())])
+        ),
     }
 )
 # The Socket.IO recording endpoint (recordings/sio.py) sits beside the Channels router.

@@ -65,9 +65,24 @@ def first_validation_error(detail: Any, prefix: str = "") -> tuple[str, str, str
     return prefix, str(detail), code
 
 
+# DRF's codes that mean "this field's value is not acceptable": answered `invalid_<field>`.
+INVALID_FIELD_CODES = {
+    "invalid",
+    "required",
+    "null",
+    "blank",
+    "max_value",
+    "min_value",
+    "max_length",
+    # a NUL or a lone surrogate in a text (PostgreSQL could not store it anyway)
+    "null_characters_not_allowed",
+    "surrogate_characters_not_allowed",
+}
+
+
 def validation_error_body(detail: Any) -> dict[str, Any]:
     field, message, code = first_validation_error(detail)
-    if code in {"invalid", "required", "null", "blank", "max_value", "min_value", "max_length"}:
+    if code in INVALID_FIELD_CODES:
         code = f"invalid_{field}" if field else "invalid"
         if field == "":
             code = "invalid_request"

@@ -389,6 +389,15 @@ class RestartablePostgres(EmbeddedPostgres):
         )
 
 
+async def spectate(ws_url: str) -> dict | websockets.ConnectionClosed:
+    """A spectator's first frame, or how its socket was closed."""
+    async with websockets.connect(ws_url + "/spectate/ws?room=r1") as ws:
+        try:
+            return json.loads(await asyncio.wait_for(ws.recv(), 15))
+        except websockets.ConnectionClosed as closed:
+            return closed
+
+
 def test_a_database_outage_is_a_503_with_retry_after_and_the_service_comes_back():
     postgres = RestartablePostgres(dbname="parley")
     try:
@@ -416,6 +425,10 @@ def test_a_database_outage_is_a_503_with_retry_after_and_the_service_comes_back(
                 for response in during:
                     body = assert_json_error(response, 503, "unavailable")
                     assert response.headers["Retry-After"] == "5", body
+                closed = asyncio.run(spectate(worker.ws_url))
+                assert isinstance(closed, websockets.ConnectionClosed), closed
+                assert closed.rcvd.code == 4503, closed
+                assert closed.rcvd.reason.startswith("unavailable: "), closed
                 postgres.start_again()
                 deadline = time.monotonic() + 30
                 while http.get("/api/streams").status_code != 200:
@@ -424,6 +437,7 @@ def test_a_database_outage_is_a_503_with_retry_after_and_the_service_comes_back(
                 for path in paths:  # every later request is served, none hits a dead connection
                     for _ in range(5):
                         assert http.get(path).status_code == 200, path
+                assert asyncio.run(spectate(worker.ws_url))["type"] == "state"
             assert " 500 " not in worker.log(), worker.log()[-3000:]
         finally:
             worker.stop()
@@ -453,3 +467,17 @@ def test_the_compose_file_names_its_hosts():
     compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
     hosts = compose["x-parley"]["environment"]["DJANGO_ALLOWED_HOSTS"]
     assert "*" not in hosts.split(":-", 1)[-1], hosts
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/api/rooms/r1/floor", {"speaker": "a\u0000b"}, "speaker"),
+        ("/api/rooms/r1/say", {"speaker": "npc", "text": "a\u0000b"}, "text"),
+    ],
+)
+async def test_a_nul_in_a_json_text_is_invalid_that_field(path, body, field):
+    async with asgi_client() as http:
+        response = await http.post(path, json=body)
+    assert_json_error(response, 400, f"invalid_{field}")
+    assert response.json()["field"] == field
