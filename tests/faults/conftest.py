@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from tests.support.servers import (
+    PARLEY_SERVER,
     PROJECT_ROOT,
     DaphneProcess,
     EmbeddedPostgres,
@@ -110,7 +111,8 @@ class Deployment:
         return self.servers.postgres
 
     def start_worker(self, **extra_env: str) -> DaphneProcess:
-        worker = DaphneProcess(env={**self.env, **extra_env})
+        # The server entry point production runs (config/server.py), not bare daphne.
+        worker = DaphneProcess(env={**self.env, **extra_env}, server=PARLEY_SERVER)
         self.processes.append(worker)
         return worker
 

@@ -1,0 +1,106 @@
+"""PostgreSQL restarted mid-stream: while it is away every POST /audio answers a clean 503
+with `Retry-After` (never a 500, never a hang), nothing acknowledged is lost, and the
+service comes back by itself: the producer's retries finish the stream and it is released
+exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.faults.clients import Answer, chunk_body, post, tenth
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CHUNKS = 40
+DOWN_AT = 10  # the seq before which PostgreSQL goes down
+OUTAGE_S = 2.0
+# Generous for a loaded CI machine: a refusal must be prompt, not a pool's 10 s wait.
+ANSWER_BOUND_S = 8.0
+BACK_BOUND_S = 10.0  # from PostgreSQL's return to the first acknowledgement
+
+
+async def produce(client: httpx.AsyncClient, urls: list[str], pg_down: asyncio.Event):
+    """A real-time producer that honours 503 + Retry-After: it retries the same chunk (on
+    the other worker) until acknowledged. Returns the acknowledged chunks and every answer
+    with the wall-clock moment it came."""
+    acked: dict[int, bytes] = {}
+    answers: list[tuple[float, str, Answer]] = []
+    start = time.monotonic()
+    attempt = 0
+    for seq in range(CHUNKS):
+        if seq == DOWN_AT:
+            pg_down.set()
+            await asyncio.sleep(0.3)  # the restart has begun
+        await asyncio.sleep(start + seq * 0.1 - 0.3 - time.monotonic())
+        data = tenth(seq)
+        body = chunk_body("pg-s", seq, "pg", data=data, done=seq == CHUNKS - 1, text="pg")
+        while True:
+            url = urls[attempt % 2]
+            answer = await post(client, url, body)
+            attempt += 1
+            assert answer is not None, (seq, "connection failed: the worker died")
+            answers.append((time.monotonic(), url, answer))
+            if answer.status == 200:
+                acked[seq] = data
+                break
+            assert answer.status == 503, (seq, answer)
+            # Sooner than Retry-After asks, to probe the whole outage on both workers.
+            await asyncio.sleep(0.2)
+    return acked, answers
+
+
+async def test_postgres_restarted_mid_stream(deployment):
+    a, b = deployment.start(2)
+    pg_down = asyncio.Event()
+
+    async def outage() -> float:
+        await pg_down.wait()
+        await asyncio.to_thread(deployment.postgres.shut_down)
+        await asyncio.sleep(OUTAGE_S)
+        await asyncio.to_thread(deployment.postgres.restart)
+        return time.monotonic()
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        outage_task = asyncio.create_task(outage())
+        acked, answers = await produce(client, [a.url, b.url], pg_down)
+        back_at = await outage_task
+
+        refusals = [answer for _, _, answer in answers if answer.status == 503]
+        refused_by = {url for _, url, answer in answers if answer.status == 503}
+        assert refused_by == {a.url, b.url}, "both workers saw the outage"
+        for answer in refusals:
+            assert answer.retry_after is not None and int(answer.retry_after) > 0, answer
+            assert answer.body.get("error") and answer.body.get("detail"), answer
+            assert set(answer.body) >= {"error", "detail", "field"}, answer
+        slowest = max(answer.elapsed_s for _, _, answer in answers)
+        assert slowest < ANSWER_BOUND_S, f"an answer took {slowest:.1f} s"
+        first_ack_after = min(t for t, _, answer in answers if t > back_at and answer.status == 200)
+        assert first_ack_after - back_at < BACK_BOUND_S
+
+        # Nothing acknowledged lost: in the database, and in the stream's audio.
+        assert sorted(acked) == list(range(CHUNKS))
+        stored = deployment.query(
+            "SELECT c.seq, c.data FROM streams_chunk c JOIN streams_stream s "
+            "ON s.id = c.stream_id WHERE s.stream_id = 'pg-s' ORDER BY c.seq"
+        )
+        assert {seq: bytes(data) for seq, data in stored} == acked
+        wav = await client.get(f"{b.url}/api/streams/pg-s/audio.wav")
+        assert wav.status_code == 200, wav.text
+        assert wav.content.endswith(b"".join(acked[seq] for seq in range(CHUNKS)))
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rows = deployment.query(
+            "SELECT t.status, (SELECT count(*) FROM streams_roomevent e "
+            "WHERE e.room_id = t.room_id AND e.type = 'playback_done') FROM streams_turn t"
+        )
+        if rows and rows[0][0] == "released":
+            break
+        await asyncio.sleep(0.1)
+    assert rows == [("released", 1)], rows
+    # Every process is still the one started: none died of the outage.
+    assert all(process.running for process in deployment.processes)
