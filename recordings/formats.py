@@ -131,6 +131,16 @@ class RangeNotSatisfiable(ValueError):
     """The Range header asks for bytes the file does not have (HTTP 416)."""
 
 
+# Any position with more digits than this is past every file (2**63 has 19 digits); reading
+# it as a number would hit Python's int-conversion limit at 4300 digits.
+_MAX_POSITION_DIGITS = 19
+
+
+def _byte_position(digits: str) -> int:
+    """A Range position; an absurdly long one is clamped to 2**63 instead of converted."""
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 2**63
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """One `bytes=` range as (first, last) inclusive, or None to send the whole file.
 
@@ -149,12 +159,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not all(part.isascii() and part.isdigit() for part in (first_raw, last_raw) if part):
         return None
     if not first_raw:  # a suffix: the last N bytes
-        suffix = int(last_raw)
+        suffix = _byte_position(last_raw)
         if suffix == 0 or size == 0:
             raise RangeNotSatisfiable(header)
         return max(0, size - suffix), size - 1
-    first = int(first_raw)
-    last = int(last_raw) if last_raw else size - 1
+    first = _byte_position(first_raw)
+    last = _byte_position(last_raw) if last_raw else size - 1
     if last_raw and last < first:
         return None  # malformed: ignored
     if first >= size:
