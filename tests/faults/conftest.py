@@ -112,7 +112,9 @@ class Deployment:
 
     def start_worker(self, **extra_env: str) -> DaphneProcess:
         # The server entry point production runs (config/server.py), not bare daphne.
-        worker = DaphneProcess(env={**self.env, **extra_env}, server=PARLEY_SERVER)
+        worker = DaphneProcess(
+            env={**self.env, **extra_env}, server=PARLEY_SERVER, startup_timeout=60
+        )
         self.processes.append(worker)
         return worker
 
@@ -122,6 +124,7 @@ class Deployment:
             env={**self.env, **extra_env},
             name="run_scheduler",
             ready_log="scheduler running",
+            startup_timeout=60,
         )
         self.processes.append(process)
         return process
