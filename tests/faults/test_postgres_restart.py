@@ -1,7 +1,7 @@
 """PostgreSQL restarted mid-stream: while it is away every POST /audio answers a clean 503
 with `Retry-After` (never a 500, never a hang), nothing acknowledged is lost, and the
 service comes back by itself: the producer's retries finish the stream and it is released
-exactly once."""
+exactly once, and so is a turn whose release fell due while the database was away."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.clients import Answer, chunk_body, post, tenth
+from tests.faults.clients import Answer, chunk_body, parse_ts, post, tenth
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -65,9 +65,16 @@ async def test_postgres_restarted_mid_stream(deployment):
         return time.monotonic()
 
     async with httpx.AsyncClient(timeout=30) as client:
+        # A whole utterance in one chunk, due to end while PostgreSQL is down.
+        due = chunk_body("due-s", 0, "due", data=tenth(0, 10), done=True)
+        answer = await post(client, a.url, due)
+        assert answer is not None and answer.status == 200, answer
+        due_at = parse_ts(answer.body["playback_ends_at"])
         outage_task = asyncio.create_task(outage())
         acked, answers = await produce(client, [a.url, b.url], pg_down)
         back_at = await outage_task
+        back_wall = time.time() - (time.monotonic() - back_at)
+        assert due_at.timestamp() < back_wall, "the release fell due during the outage"
 
         refusals = [answer for _, _, answer in answers if answer.status == 503]
         refused_by = {url for _, url, answer in answers if answer.status == 503}
@@ -93,14 +100,25 @@ async def test_postgres_restarted_mid_stream(deployment):
         assert wav.content.endswith(b"".join(acked[seq] for seq in range(CHUNKS)))
 
     deadline = time.monotonic() + 15
+    query = (
+        "SELECT r.name, t.status, t.release_at, (SELECT count(*) FROM streams_roomevent e "
+        "WHERE e.room_id = t.room_id AND e.type = 'playback_done'), (SELECT min(created_at) "
+        "FROM streams_roomevent e WHERE e.room_id = t.room_id AND e.type = 'playback_done') "
+        "FROM streams_turn t JOIN streams_room r ON r.id = t.room_id ORDER BY r.name"
+    )
     while time.monotonic() < deadline:
-        rows = deployment.query(
-            "SELECT t.status, (SELECT count(*) FROM streams_roomevent e "
-            "WHERE e.room_id = t.room_id AND e.type = 'playback_done') FROM streams_turn t"
-        )
-        if rows and rows[0][0] == "released":
+        rows = deployment.query(query)
+        if all(status == "released" for _, status, *_ in rows):
             break
         await asyncio.sleep(0.1)
-    assert rows == [("released", 1)], rows
+    assert [(name, status, count) for name, status, _, count, _ in rows] == [
+        ("due", "released", 1),
+        ("pg", "released", 1),
+    ], rows
+    for _, _, release_at, _, done_at in rows:
+        assert done_at >= release_at, "never early"
+    # The turn that fell due in the outage: released soon after the database came back
+    # (by a sweep, or by a standby that re-armed every finalized turn when it reconnected).
+    assert rows[0][4].timestamp() - back_wall < BACK_BOUND_S, rows[0]
     # Every process is still the one started: none died of the outage.
     assert all(process.running for process in deployment.processes)
