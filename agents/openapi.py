@@ -181,8 +181,11 @@ TRANSCRIPTIONS = {
                     CONTENT_TYPES["vtt"].split(";")[0]: {"schema": TEXT},
                     SSE_CONTENT_TYPE: {
                         "schema": {
-                            "type": "string",
-                            "description": "`data: <TranscriptionStreamEvent>` lines",
+                            "type": "object",
+                            "description": "One event: `data` is a TranscriptionStreamEvent "
+                            "as JSON",
+                            "properties": {"data": {"type": "string"}},
+                            "required": ["data"],
                         }
                     },
                 },

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from speech.params import SOME_TEXT_PATTERN
+from streams.services import SPEAKER_RE, STREAM_ID_RE
+
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # The seed's own error shape, used by its 404 and 503 to the letter.
 SEED_ERROR = {
@@ -14,8 +17,17 @@ SEED_ERROR = {
     },
     "required": ["error", "code"],
 }
-TEXT = {"type": "string", "minLength": 1, "maxLength": 4096}
-VOICE = {"type": "string", "nullable": True, "description": "engine, OpenAI or stored voice"}
+# DRF's CharField, as chat's serializers use it: trimmed, so it needs a character that is not
+# whitespace; no NUL; no lone surrogate (StrictCharField).
+SOME_TEXT = {"type": "string", "pattern": SOME_TEXT_PATTERN}
+TEXT = {**SOME_TEXT, "minLength": 1, "maxLength": 4096}
+VOICE = {
+    **SOME_TEXT,
+    "minLength": 1,
+    "maxLength": 128,
+    "nullable": True,
+    "description": "engine, OpenAI or stored voice",
+}
 SPEED = {"type": "number", "minimum": 0.25, "maximum": 4.0, "default": 1.0}
 
 CHAT_REQUEST = {
@@ -28,9 +40,10 @@ CHAT_REQUEST = {
             "default": False,
             "description": "with use_tts: a stream_url instead of a saved file's audio_url",
         },
-        "user": {"type": "string", "maxLength": 128, "nullable": True},
+        "user": {**SOME_TEXT, "minLength": 1, "maxLength": 128, "nullable": True},
     },
     "required": ["text"],
+    "additionalProperties": False,
 }
 CHAT_RESPONSE = {
     "type": "object",
@@ -74,18 +87,32 @@ STREAM_REQUEST = {
         "speed": SPEED,
     },
     "required": ["text"],
+    "additionalProperties": False,
 }
 SAY_REQUEST = {
     "type": "object",
     "properties": {
-        "speaker": {"type": "string", "default": "agent", "description": "the API key's"},
+        "speaker": {
+            "type": "string",
+            "pattern": SPEAKER_RE.pattern,
+            "nullable": True,
+            "default": "agent",
+            "description": "the API key's",
+        },
         "text": TEXT,
         "voice": VOICE,
         "speed": SPEED,
-        "stream_id": {"type": "string", "maxLength": 128, "description": "default say-<uuid>"},
+        "stream_id": {
+            "type": "string",
+            "pattern": STREAM_ID_RE.pattern,
+            "maxLength": 128,
+            "nullable": True,
+            "description": "default say-<uuid>",
+        },
         "chunk_ms": {"type": "integer", "minimum": 20, "maximum": 2000, "default": 200},
     },
     "required": ["text"],
+    "additionalProperties": False,
 }
 SAY_RESPONSE = {
     "type": "object",
@@ -112,8 +139,11 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*codes: int, seed: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Error answers; `seed` codes have the seed's shape, or ours when the path itself matched
+    no route (a malformed id) or the failure came from below the view (a database outage)."""
+    either = {"anyOf": [SEED_ERROR, ERROR_REF]}
     return {
-        str(code): {"description": "error", **_json(SEED_ERROR if code in seed else ERROR_REF)}
+        str(code): {"description": "error", **_json(either if code in seed else ERROR_REF)}
         for code in codes
     }
 

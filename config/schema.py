@@ -75,6 +75,9 @@ ACK = {
 }
 
 
+_TYPE = "(state|audio_chunk|speech|playback_done|input|turn)"
+
+
 def _error_responses(*codes: int) -> dict[str, Any]:
     return {
         str(code): {
@@ -143,7 +146,7 @@ def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool
                 {
                     "name": "types",
                     "in": "query",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": f"^({_TYPE}(,{_TYPE})*)?$"},
                     "description": "comma-separated: state, audio_chunk, speech, "
                     "playback_done, input, turn",
                 },
@@ -176,4 +179,86 @@ def add_async_endpoints(result: dict, generator: Any, request: Any, public: bool
     from chat.openapi import chat_paths
 
     result["paths"].update(chat_paths())
+    return result
+
+
+# --- every operation: who may call it, and the errors any of them can answer ----------------
+
+_READS = frozenset({"get", "head", "options"})
+# Operations that take no API key at all (the recording session's own key authenticates).
+_NO_API_KEY = frozenset({("post", "/streaming/force_stop")})
+# Room and speaker names, wherever a path or query names one, are what the services accept.
+_NAME_PATTERNS: dict[str, str] = {}
+_ERROR_DESCRIPTIONS = {
+    400: "invalid input: `field` names the offending field or parameter",
+    401: "an API key is required here (PARLEY_REQUIRE_AUTH) or the one given is unknown",
+    404: "no such resource (or no such path)",
+    413: "the request body is too large",
+    415: "the body's Content-Type is not one this operation reads",
+    503: "the database or another service is unreachable for now; retry after Retry-After",
+}
+
+
+def _name_patterns() -> dict[str, str]:
+    from streams.services import ROOM_NAME_RE, SPEAKER_RE
+
+    return {"room": ROOM_NAME_RE.pattern, "speaker": SPEAKER_RE.pattern}
+
+
+def _describe_parameter(path: str, parameter: dict[str, Any]) -> None:
+    """Patterns of the names the services validate; elsewhere, no NUL (the API layer refuses
+    it in every path and query string)."""
+    schema = parameter.setdefault("schema", {"type": "string"})
+    where, name = parameter.get("in"), parameter.get("name")
+    if where not in ("path", "query") or schema.get("type") != "string" or "pattern" in schema:
+        return
+    pattern = _NAME_PATTERNS.get(name)
+    validated = where == "path" or (
+        (name == "room" and path.startswith("/api/streams"))
+        or (name == "speaker" and path == "/api/rooms/{room}/floor")
+    )
+    if pattern and validated:
+        # A query filter left empty filters nothing.
+        schema["pattern"] = f"^({pattern.strip('^$')})?$" if where == "query" else pattern
+    elif "enum" not in schema and "format" not in schema:
+        schema["pattern"] = "^[^\\x00]*$"
+
+
+def _error_response(code: int) -> dict[str, Any]:
+    return {
+        "description": _ERROR_DESCRIPTIONS[code],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def document_access_and_errors(result: dict, generator: Any, request: Any, public: bool) -> dict:
+    """Make every operation say who may call it and which error answers it can give.
+
+    Security: reads take an optional key (a key given must be valid); writes need one when
+    PARLEY_REQUIRE_AUTH is on and take an optional one otherwise, so the schema served matches
+    the server's setting. Errors: every operation can answer 400, 401, 404 (a path that
+    matches nothing) and 503 (database outage) in the error shape; one with a body also 413
+    and 415. An operation's own description of a code is kept.
+    """
+    from django.conf import settings
+
+    result.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR)
+    optional, required = [{"apiKey": []}, {}], [{"apiKey": []}]
+    _NAME_PATTERNS.update(_name_patterns())
+    for path, item in result.get("paths", {}).items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            if (method, path) in _NO_API_KEY:
+                operation["security"] = [{}]
+            elif method in _READS or not settings.PARLEY_REQUIRE_AUTH:
+                operation["security"] = optional
+            else:
+                operation["security"] = required
+            for parameter in operation.get("parameters", []):
+                _describe_parameter(path, parameter)
+            codes = [400, 401, 404, 503] + ([413, 415] if "requestBody" in operation else [])
+            responses = operation["responses"]
+            for code in codes:
+                responses.setdefault(str(code), _error_response(code))
     return result

@@ -26,20 +26,28 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+def _object(
+    properties: dict[str, Any], required: list[str] | None = None, *, closed: bool = False
+) -> dict[str, Any]:
+    """An object schema; ``closed`` for request bodies, whose unknown fields are refused."""
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
     return schema
 
 
 SPEECH_REQUEST = _object(
     {spec.name: spec.openapi() for spec in SPEECH_FIELDS},
     [spec.name for spec in SPEECH_FIELDS if spec.required],
+    closed=True,
 )
 VOICE_FILE = {"type": "string", "format": "binary", "description": "reference audio to clone"}
 SPEECH_UPLOAD = _object(
-    {**SPEECH_REQUEST["properties"], "voice_file": VOICE_FILE}, SPEECH_REQUEST["required"]
+    {**SPEECH_REQUEST["properties"], "voice_file": VOICE_FILE},
+    SPEECH_REQUEST["required"],
+    closed=True,
 )
 AUDIO_TYPES = ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm")
 SSE_DESCRIPTION = (
@@ -49,6 +57,23 @@ SSE_DESCRIPTION = (
     "`speech.audio.done` with `usage` (input_tokens: words and punctuation marks of the input; "
     "output_tokens: one per started 20 ms of audio), or `speech.audio.error` on a failure."
 )
+SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event: its name and its JSON data (SSE_DESCRIPTION).",
+    "properties": {
+        "event": {
+            "type": "string",
+            "enum": [
+                "speech.audio.info",
+                "speech.audio.delta",
+                "speech.audio.done",
+                "speech.audio.error",
+            ],
+        },
+        "data": {"type": "string", "description": "a JSON object whose `type` is the event"},
+    },
+    "required": ["event", "data"],
+}
 AUDIO_RESPONSE = {
     "description": "Audio streamed while it is synthesized (chunked). " + SSE_DESCRIPTION,
     "headers": {
@@ -58,7 +83,7 @@ AUDIO_RESPONSE = {
     },
     "content": {
         **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in AUDIO_TYPES},
-        "text/event-stream": {"schema": {"type": "string"}},
+        "text/event-stream": {"schema": SSE_EVENT},
     },
 }
 WAV_RESPONSE = {
@@ -104,17 +129,23 @@ VOICE_FORM = {
         "schema": _object(
             {**{spec.name: spec.openapi() for spec in CREATE_FIELDS}, "voice_file": VOICE_FILE},
             ["name"],
+            closed=True,
         )
     },
-    "application/json": {"schema": _object({s.name: s.openapi() for s in CREATE_FIELDS})},
+    "application/json": {
+        "schema": _object({s.name: s.openapi() for s in CREATE_FIELDS}, ["name"], closed=True)
+    },
 }
 VOICE_PATCH = {
     "multipart/form-data": {
         "schema": _object(
-            {**{spec.name: spec.openapi() for spec in UPDATE_FIELDS}, "voice_file": VOICE_FILE}
+            {**{spec.name: spec.openapi() for spec in UPDATE_FIELDS}, "voice_file": VOICE_FILE},
+            closed=True,
         )
     },
-    "application/json": {"schema": _object({s.name: s.openapi() for s in UPDATE_FIELDS})},
+    "application/json": {
+        "schema": _object({s.name: s.openapi() for s in UPDATE_FIELDS}, closed=True)
+    },
 }
 MODEL = _object(
     {
@@ -146,9 +177,32 @@ JOB_PARAM = {
 }
 
 
-def _speech_post(op_id: str, summary: str, *, upload: bool, wav: bool) -> dict[str, Any]:
-    content = ({"multipart/form-data": {"schema": SPEECH_UPLOAD}} if upload else {}) | {
-        "application/json": {"schema": SPEECH_REQUEST}
+def _with_models(schema: dict[str, Any], models: list[str]) -> dict[str, Any]:
+    """The request schema with `model` limited to what this server's registry knows ("" and
+    a missing model mean the default engine)."""
+    model = {**schema["properties"]["model"], "enum": ["", *models, None]}
+    model.pop("pattern", None)
+    return {**schema, "properties": {**schema["properties"], "model": model}}
+
+
+def _wav_only(schema: dict[str, Any]) -> dict[str, Any]:
+    properties = dict(schema["properties"])
+    properties["response_format"] = {**properties["response_format"], "enum": ["wav", None]}
+    properties["response_format"].pop("default", None)
+    properties["stream_format"] = {**properties["stream_format"], "enum": ["audio", None]}
+    return {**schema, "properties": properties}
+
+
+def _speech_post(
+    op_id: str, summary: str, *, upload: bool, wav: bool, models: list[str]
+) -> dict[str, Any]:
+    json_schema = _with_models(SPEECH_REQUEST, models)
+    form_schema = _with_models(SPEECH_UPLOAD, models)
+    if wav:
+        # One continuous WAV: other formats and SSE are refused (invalid_<field>).
+        json_schema, form_schema = _wav_only(json_schema), _wav_only(form_schema)
+    content = ({"multipart/form-data": {"schema": form_schema}} if upload else {}) | {
+        "application/json": {"schema": json_schema}
     }
     return {
         "post": {
@@ -177,18 +231,39 @@ def _get(op_id: str, summary: str, schema: dict[str, Any], *codes: int, **extra:
 
 
 def speech_paths() -> dict[str, Any]:
+    from speech.services import get_registry
+
+    registry = get_registry()
+    engines = registry.names()
+    models = sorted({*registry.models(), *engines})
     speech = {
         "audio/speech": _speech_post(
-            "speech", "Text to speech, OpenAI-compatible, streamed", upload=False, wav=False
+            "speech",
+            "Text to speech, OpenAI-compatible, streamed",
+            upload=False,
+            wav=False,
+            models=models,
         ),
         "audio/speech/stream": _speech_post(
-            "speech_stream", "Text to one continuous WAV stream (seed)", upload=False, wav=True
+            "speech_stream",
+            "Text to one continuous WAV stream (seed)",
+            upload=False,
+            wav=True,
+            models=models,
         ),
         "audio/speech/upload": _speech_post(
-            "speech_upload", "Speech with an uploaded voice sample", upload=True, wav=False
+            "speech_upload",
+            "Speech with an uploaded voice sample",
+            upload=True,
+            wav=False,
+            models=models,
         ),
         "audio/speech/stream/upload": _speech_post(
-            "speech_stream_upload", "Continuous WAV with a voice sample", upload=True, wav=True
+            "speech_stream_upload",
+            "Continuous WAV with a voice sample",
+            upload=True,
+            wav=True,
+            models=models,
         ),
     }
     paths: dict[str, Any] = {}
@@ -216,14 +291,19 @@ def speech_paths() -> dict[str, Any]:
             "Engine voices, OpenAI names and stored voices",
             voice_list,
             400,
-            parameters=[{"name": "engine", "in": "query", "schema": {"type": "string"}}],
+            parameters=[
+                {"name": "engine", "in": "query", "schema": {"type": "string", "enum": engines}}
+            ],
         ),
         "post": {
             "operationId": "voice_create",
             "summary": "Store a voice: a name plus a sample file or an engine preset",
             "tags": [TAG],
             "requestBody": {"required": True, "content": VOICE_FORM},
-            "responses": {"201": _json(VOICE, "created"), **_errors(400, 409, 413, 415, 503)},
+            "responses": {
+                "201": _json(VOICE, "created"),
+                **_errors(400, 409, 413, 415, 422, 503),
+            },
         },
     }
     paths["/v1/voices/{name}"] = {
@@ -233,8 +313,8 @@ def speech_paths() -> dict[str, Any]:
             "summary": "Change a stored voice",
             "tags": [TAG],
             "parameters": [NAME_PARAM],
-            "requestBody": {"content": VOICE_PATCH},
-            "responses": {"200": _json(VOICE), **_errors(400, 404, 409, 413, 415)},
+            "requestBody": {"required": True, "content": VOICE_PATCH},
+            "responses": {"200": _json(VOICE), **_errors(400, 404, 409, 413, 415, 422)},
         },
         "delete": {
             "operationId": "voice_delete",

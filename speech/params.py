@@ -20,6 +20,10 @@ STREAM_FORMATS = ("audio", "sse")
 STRATEGIES = ("sentence", "paragraph", "fixed", "word")
 QUALITIES = ("fast", "balanced", "high")
 MAX_INPUT_CHARS = 4096
+# JSON Schema (ECMA-262) patterns of the text _value accepts.
+_TEXT_CHAR = "[^\\x00\\ud800-\\udfff]"
+TEXT_PATTERN = f"^{_TEXT_CHAR}*$"
+SOME_TEXT_PATTERN = f"^{_TEXT_CHAR}*[^\\s\\x00\\ud800-\\udfff]{_TEXT_CHAR}*$"
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,16 @@ class FieldSpec:
             schema["maxLength"] = self.max_length
             if self.required:
                 schema["minLength"] = 1
+        if self.kind == "str":
+            # What _value refuses: NUL and lone surrogates anywhere; a required text needs
+            # a character that is not whitespace.
+            schema["pattern"] = SOME_TEXT_PATTERN if self.required else TEXT_PATTERN
         if self.default is not None:
             schema["default"] = self.default
+        if not self.required:
+            schema["nullable"] = True  # null, like a missing field, means the default
+            if "enum" in schema:
+                schema["enum"] = [*schema["enum"], None]  # OpenAPI 3.0: enum must list null
         if self.description:
             schema["description"] = self.description
         return schema
@@ -188,6 +200,9 @@ def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
         raise _invalid(spec.name, f"{spec.name} must be a string.")
     if not is_text(value):
         raise _invalid(spec.name, f"{spec.name} is not valid Unicode text (a lone surrogate).")
+    if "\x00" in value:
+        # Neither the engines (C strings) nor PostgreSQL's text columns take a NUL.
+        raise _invalid(spec.name, f"{spec.name} must not contain NUL characters.")
     if spec.kind == "enum":
         if value not in spec.choices:
             raise _invalid(

@@ -186,6 +186,8 @@ SPECTACULAR_SETTINGS = {
         "config.schema.add_async_endpoints",
         "speech.openapi.add_speech_endpoints",
         "agents.openapi.add_agent_endpoints",
+        # Last: every operation's security and error answers (config/schema.py).
+        "config.schema.document_access_and_errors",
     ],
 }
 
@@ -206,6 +208,7 @@ PARLEY_MAX_STREAM_BYTES = env_int("PARLEY_MAX_STREAM_BYTES", 50 * 1024 * 1024)
 # server list or track, whatever the client sends.
 PARLEY_MAX_CHUNKS_PER_STREAM = env_int(
     "PARLEY_MAX_CHUNKS_PER_STREAM", PARLEY_MAX_STREAM_BYTES // (24000 * 2 // 100)
+)
 PARLEY_REQUIRE_AUTH = env_bool("PARLEY_REQUIRE_AUTH", False)
 PARLEY_SWEEP_INTERVAL_S = env_float("PARLEY_SWEEP_INTERVAL_S", 1.0)
 PARLEY_SCHEDULER = env_bool("PARLEY_SCHEDULER", True)

@@ -20,7 +20,8 @@ import pytest
 
 from tests.support.servers import PROJECT_ROOT, DaphneProcess
 
-FUZZ_SPEAKER = "fuzzer"
+# The speaker every body defaults to, so requests that name none act as the key's speaker.
+FUZZ_SPEAKER = "agent"
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,26 @@ def _manage(env: Mapping[str, str | None], *args: str) -> str:
 
 @contextlib.contextmanager
 def running_server(
-    *, require_auth: bool = True, extra_env: Mapping[str, str | None] | None = None
+    *,
+    require_auth: bool = True,
+    extra_env: Mapping[str, str | None] | None = None,
+    database_url: str | None = None,
+    redis_url: str | None = None,
 ) -> Iterator[FuzzServer]:
     """A migrated, empty Parley in one daphne process on this leg's database, stopped (and
-    its database dropped) on exit."""
-    database_url = os.environ.get("DATABASE_URL", "")
+    its database dropped) on exit. The leg's servers are $DATABASE_URL and $REDIS_URL unless
+    given (bench/fuzz.py picks them per leg)."""
+    if database_url is None:
+        database_url = os.environ.get("DATABASE_URL", "")
+    if redis_url is None:
+        redis_url = os.environ.get("REDIS_URL", "")
     name = f"parley_fuzz_{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="parley-fuzz-") as var_dir:
         env: dict[str, str | None] = {
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
             "PARLEY_VAR_DIR": var_dir,
             "DATABASE_URL": None,
-            "REDIS_URL": os.environ.get("REDIS_URL") or None,
+            "REDIS_URL": redis_url or None,
             "PARLEY_CHANNEL_PREFIX": name,
             "PARLEY_REQUIRE_AUTH": "1" if require_auth else "0",
             "PARLEY_SWEEP_INTERVAL_S": "0.2",

@@ -277,6 +277,31 @@ def test_a_lone_surrogate_is_refused_in_validation_naming_the_field(daphne, fiel
 
 
 @pytest.mark.parametrize(
+    "fields",
+    [
+        {"input": "Hi.\u0000there"},
+        {"input": "Hi.", "voice": "al\u0000loy"},
+        {"input": "Hi.", "instructions": "\u0000"},
+    ],
+)
+def test_a_nul_character_is_refused_in_validation_naming_the_field(daphne, fields):
+    # Found by tests/fuzz: PostgreSQL's text columns refuse NUL (the job's text preview) and
+    # the engines take C strings, so a NUL was a 500 on PostgreSQL.
+    response = httpx.post(
+        f"{daphne.url}/v1/audio/speech",
+        content=json.dumps({"response_format": "pcm", **fields}),
+        headers={"Content-Type": "application/json"},
+    )
+    field = next(name for name, value in fields.items() if "\x00" in value)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"invalid_{field}",
+        "detail": f"{field} must not contain NUL characters.",
+        "field": field,
+    }
+
+
+@pytest.mark.parametrize(
     ("content", "headers", "status", "error"),
     [
         (b"{not json", {"Content-Type": "application/json"}, 400, "malformed_json"),
