@@ -3,10 +3,12 @@
 Same command line as `daphne` (`-b`, `-p`, `--fd`, ..., the application last), plus:
 
 - `--header-timeout` (PARLEY_HEADER_TIMEOUT_S, 10 s): the request line and headers must all
-  arrive within this of the connection (or of the previous answer on a kept-alive one), or
-  the connection gets a 408 and is closed. Twisted has no such limit, and its idle timeout is
-  reset by every byte: a client sending one header byte every few seconds held a worker's
-  connection for as long as it liked (400 such connections held 60 s).
+  arrive within this of the request's first byte, or the connection gets a 408 and is
+  closed. (A kept-alive connection waiting for its next request gets no 408: the idle
+  timeout closes it silently, so a client never reads a 408 it did not ask for.) Twisted
+  has no such limit, and its idle timeout is reset by every byte: a client sending one
+  header byte every few seconds held a worker's connection for as long as it liked (400
+  such connections held 60 s).
 - `--idle-timeout` (PARLEY_IDLE_TIMEOUT_S, 20 s): a connection that sends nothing this long
   while its request (headers or body) is unfinished, or between kept-alive requests, is
   closed. Twisted's default is 12 hours. It is off while the application handles a request
@@ -72,10 +74,13 @@ class ParleyHTTPChannel(HTTPChannel):
     """Twisted's HTTP/1.1 channel with a header deadline, a body cap and JSON refusals."""
 
     _header_deadline: Any = None
+    _awaiting_request = True  # no byte of the next request yet
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self._arm_header_deadline()
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_request and data:
+            self._awaiting_request = False
+            self._arm_header_deadline()
+        super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._cancel_header_deadline()
@@ -83,8 +88,7 @@ class ParleyHTTPChannel(HTTPChannel):
 
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)
-        if self.persistent:
-            self._arm_header_deadline()
+        self._awaiting_request = True
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_header_deadline()

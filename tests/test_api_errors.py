@@ -330,8 +330,23 @@ def test_slow_clients_are_closed(server):
             timeout=90,
         )
 
+    async def kept_alive() -> None:
+        """A kept-alive connection after its answer: closed silently, never a 408 unasked."""
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /api/streams HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: (\d+)", head)
+        if length:
+            await reader.readexactly(int(length.group(1)))
+        else:  # chunked
+            await reader.readuntil(b"\r\n0\r\n\r\n")
+        after = await asyncio.wait_for(reader.read(), 90)
+        writer.close()
+        results["kept"] = (after, time.monotonic() - started)
+
     async def all_of_them() -> None:
-        await asyncio.gather(stalled_headers(), trickled_headers(), stalled_body())
+        await asyncio.gather(stalled_headers(), trickled_headers(), stalled_body(), kept_alive())
 
     asyncio.run(all_of_them())
     for kind in ("stalled", "trickled"):
@@ -341,6 +356,8 @@ def test_slow_clients_are_closed(server):
         assert status == 408 and json.loads(body)["error"] == "request_timeout", kind
     _, seconds = results["body"]
     assert seconds < 60
+    after, seconds = results["kept"]
+    assert after == b"" and seconds < 60, (after, seconds)
 
 
 def test_an_unknown_websocket_path_closes_with_a_code_and_a_reason(server):
