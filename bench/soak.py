@@ -186,7 +186,6 @@ class Counters:
     turns: int = 0
     posts: int = 0
     floor_busy: int = 0
-    idle_408: int = 0
     errors: Counter = field(default_factory=Counter)
     predicted: dict[str, float] = field(default_factory=dict)  # stream_id -> predicted end
 
@@ -219,11 +218,6 @@ async def post_chunk(pool: HttpPool, body: dict, counters: Counters) -> dict | N
         if status == 409 and answer.get("error") in ("floor_busy", "floor_held"):
             counters.floor_busy += 1
             await asyncio.sleep(0.01)
-            continue
-        if status == 408:
-            # The server closes a kept-alive connection idle past its header deadline with a
-            # 408 (config/server.py); a request sent on it just then gets that answer.
-            counters.idle_408 += 1
             continue
         counters.errors[f"{status} {answer.get('error')}"] += 1
         return None
@@ -454,7 +448,6 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
         "turns": counters.turns,
         "posts": counters.posts,
         "floor_busy_retries": counters.floor_busy,
-        "idle_408_retries": counters.idle_408,
         "post_errors": dict(counters.errors),
         "elapsed_s": elapsed,
         "rate_turns_s": counters.turns / elapsed,
@@ -660,8 +653,7 @@ def render(result: dict[str, Any]) -> str:
         f"{_d(soak['timer_yardstick_ms'])} |",
         f"| floor still busy after predicted end + 50 ms (retried) | "
         f"{soak['floor_busy_retries']} retries |",
-        f"| POST errors | {soak['post_errors'] or 0} (and {soak['idle_408_retries']} 408s of "
-        "idle kept-alive connections, retried) |",
+        f"| POST errors | {soak['post_errors'] or 0} |",
         f"| spectators | {spect['slots']} churning slots, {spect['joins']} joins, "
         f"leaves {spect['leaves']}, {spect['messages']} messages |",
         f"| spectator gaps / duplicates | {spect['gaps']} / {spect['duplicates']} |",
