@@ -26,6 +26,7 @@ from chat.serializers import (
     SayRequestSerializer,
 )
 from chat.synthesis import TTS_UNAVAILABLE, TTSUnavailable, open_synthesis
+from config.errors import exception_response
 from streams.auth import Speaker, authenticate, require_writer, resolve_speaker
 from streams.errors import ApiError, validation_error_body
 from streams.http import json_body, method_not_allowed
@@ -74,7 +75,11 @@ def endpoint(method: str, *, seed: bool) -> Callable[[View], View]:
                     return seed_error(TTS_UNAVAILABLE, 503)
                 body = {"error": "tts_unavailable", "detail": TTS_UNAVAILABLE, "field": None}
                 return api_error(body, 503, seed=False)
-            except Exception:
+            except Exception as exc:
+                # The API layer's answers first (database down: 503 with Retry-After).
+                known = exception_response(request, exc)
+                if known is not None:
+                    return known
                 logger.exception("%s %s failed", request.method, request.path)
                 body = {"error": "internal_error", "detail": "See the server log.", "field": None}
                 return api_error(body, 500, seed=seed)

@@ -22,6 +22,7 @@ from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt
 
+from config.errors import exception_response
 from speech import selectors, streaming, system, voices
 from speech.services import live_job
 from speech.tts import VoiceSample
@@ -67,7 +68,11 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return _error(
                     ApiError("body_too_large", "The request body is too large.", status_code=413)
                 )
-            except Exception:
+            except Exception as exc:
+                # The API layer's answers first (database down: 503 with Retry-After).
+                known = exception_response(request, exc)
+                if known is not None:
+                    return known
                 logger.exception("speech view %s failed", view.__name__)
                 return _error(
                     ApiError("internal_error", "The server failed; see its log.", status_code=500)
