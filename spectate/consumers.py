@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.utils import await_many_dispatch
 from django.utils import timezone
 
+from spectate.hub import hub
 from spectate.services import events_between, spectator_join, spectator_leave
 from streams.errors import ApiError
-from streams.events import iso, room_group
+from streams.events import iso
 from streams.params import MAX_EVENT_ID, parse_int
 from streams.runtime import runtime
 from streams.services import validate_room_name
@@ -35,9 +41,37 @@ def parse_query(query_string: bytes) -> tuple[str, int | None]:
     return room, after
 
 
+# Leaves still writing after their consumer ended, kept referenced until done.
+_leaving: set[asyncio.Task] = set()
+
+
 class SpectatorConsumer(AsyncJsonWebsocketConsumer):
+    """Events reach the socket through the process's RoomHub (spectate/hub.py), not through
+    a channel of its own: no channel layer call stands between a client and its handshake,
+    and the hub's watchdog catches the socket up from the log when Redis loses events."""
+
     room: str
     last_sent: int
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' consumer loop over the client and the hub's deliveries, and a leave
+        that runs however the socket ends: a clean close, a reset, a send to a socket that
+        closed meanwhile, or daphne cancelling a consumer slow to finish."""
+        self.scope = scope
+        self.channel_layer = None
+        # The presence row's key; unique across workers.
+        self.channel_name = f"spectator.{uuid.uuid4().hex}"
+        self.base_send = send
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._received = 0
+        self._ended = False
+        try:
+            await await_many_dispatch([receive, self._inbox.get], self.dispatch)
+        except StopConsumer:
+            pass
+        finally:
+            self._ended = True
+            await self._leave()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, minus its per-message `close_old_connections` thread hop.
@@ -51,6 +85,14 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().send(*args, **kwargs)
+        except Exception as exc:
+            # daphne raises "send on a closed protocol" for a client that closed while
+            # events were being written to it: the socket is gone, so is this consumer.
+            raise StopConsumer from exc
+
     async def connect(self) -> None:
         try:
             self.room, after = parse_query(self.scope.get("query_string", b""))
@@ -59,10 +101,10 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(self._error(exc.as_dict(), room=None, event_id=0))
             await self.close(code=CLOSE_BAD_REQUEST, reason=exc.code)
             return
-        # Subscribe before reading the snapshot: anything committed after it arrives live
-        # and is de-duplicated by id, so the seam between the two loses nothing.
-        await self.channel_layer.group_add(room_group(self.room), self.channel_name)
         await self.accept()
+        # Listen before reading the snapshot: anything committed after it arrives live and
+        # is de-duplicated by id, so the seam between the two loses nothing.
+        await hub.join(self.room, self)
         runtime.local_spectators.add(self.channel_name)
         joined = await runtime.run_db(
             spectator_join, room_name=self.room, channel_name=self.channel_name, after=after
@@ -73,12 +115,37 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         if joined.get("catch_up"):
             await self._catch_up(up_to=None)
 
-    async def disconnect(self, code: int) -> None:
+    async def _leave(self) -> None:
         if not hasattr(self, "room"):
             return
+        hub.leave(self.room, self)
+        if self.channel_name not in runtime.local_spectators:
+            return
         runtime.local_spectators.discard(self.channel_name)
-        await self.channel_layer.group_discard(room_group(self.room), self.channel_name)
-        await runtime.run_db(spectator_leave, channel_name=self.channel_name)
+        # Its own task: it completes even if this consumer is being cancelled. If it cannot
+        # (the database is down), the row, no longer refreshed, ages out.
+        task = asyncio.ensure_future(
+            runtime.run_db(spectator_leave, channel_name=self.channel_name)
+        )
+        _leaving.add(task)
+        task.add_done_callback(_left)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+    # --- the hub's side (spectate.hub.Listener) ---------------------------------------------
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        if message["type"] == "room.events" and message["events"]:
+            self._received = max(self._received, message["events"][-1]["id"])
+        self._inbox.put_nowait(message)
+
+    def behind(self, mark: int) -> bool:
+        return hasattr(self, "last_sent") and max(self.last_sent, self._received) < mark
+
+    def gone(self) -> bool:
+        return self._ended
+
+    # --- handlers --------------------------------------------------------------------------
 
     async def _catch_up(self, *, up_to: int | None) -> None:
         """Send stored events after last_sent (up to `up_to`), page by page."""
@@ -105,6 +172,12 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             await self.send(text_data=event["json"])  # encoded once by the publisher
             self.last_sent = event_id
 
+    async def room_resync(self, message: dict[str, Any]) -> None:
+        """The hub's watchdog saw an event committed here that never came live: read the
+        log up to now (later live events at or below what was read are dropped)."""
+        if hasattr(self, "last_sent") and self.last_sent < message["up_to"]:
+            await self._catch_up(up_to=None)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         body = {
             "error": "read_only",
@@ -120,3 +193,9 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         """Like every message: type, id, room, ts. An error is no event: its id is the last
         event id this socket has sent, so ids never go backwards."""
         return {"type": "error", "id": event_id, "room": room, "ts": iso(timezone.now()), **body}
+
+
+def _left(task: asyncio.Task) -> None:
+    _leaving.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("spectator presence not removed (it will age out): %s", exc)

@@ -62,3 +62,8 @@ def events_between(*, room_name: str, after: int, up_to: int | None) -> list[dic
 
 def spectator_leave(*, channel_name: str) -> None:
     SpectatorPresence.objects.filter(channel_name=channel_name).delete()
+
+
+def room_high_water(*, room_names: list[str]) -> dict[str, int]:
+    """`{room name: last_event_id}` of the named rooms that exist (one query)."""
+    return dict(Room.objects.filter(name__in=room_names).values_list("name", "last_event_id"))

@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError
 
+from spectate.hub import hub
 from streams import selectors, services
 from streams.auth import authenticate, require_writer, resolve_speaker
 from streams.errors import ApiError, validation_error_body
-from streams.events import room_group
 from streams.http import error_response, json_object, method_not_allowed
 from streams.models import Room
 from streams.params import MAX_EVENT_ID, json_loads, parse_int, parse_number
@@ -110,6 +109,33 @@ def _poll_once(room_name: str, after: int, types: list[str] | None) -> tuple[lis
     return events, last_id
 
 
+class _PollWaiter:
+    """A long-poll as a room listener (spectate.hub.Listener): woken by anything new."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.ended = False
+        self._woken = asyncio.Event()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        self._woken.set()
+
+    def behind(self, mark: int) -> bool:
+        return mark > self.after
+
+    def gone(self) -> bool:
+        return self.ended
+
+    async def wait(self, seconds: float) -> bool:
+        """True if woken within `seconds`."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), seconds)
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
+
+
 async def room_events_view(request: HttpRequest, room: str) -> JsonResponse:
     """GET /api/rooms/{room}/events: the event log over HTTP, long-polling up to `wait`."""
     if request.method != "GET":
@@ -126,20 +152,20 @@ async def room_events_view(request: HttpRequest, room: str) -> JsonResponse:
     after = min(after, last_id)
     if events or wait <= 0:
         return JsonResponse({"events": events, "last_id": last_id})
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(room_group(room), channel)
+    # The process's room listeners (spectate/hub.py) wake the wait: on a live event, or,
+    # when Redis is down or lost it, on the watchdog's read of the room's high-water mark.
+    waiter = _PollWaiter(after)
+    await hub.join(room, waiter)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
-        # Re-read after subscribing, so an event committed in between is not missed.
+        # Re-read after listening, so an event committed in between is not missed.
         events, last_id = await runtime.run_db(_poll_once, room, after, types)
         while not events and (remaining := deadline - loop.time()) > 0:
-            try:
-                await asyncio.wait_for(layer.receive(channel), remaining)
-            except TimeoutError:
+            if not await waiter.wait(remaining):
                 break
             events, last_id = await runtime.run_db(_poll_once, room, after, types)
     finally:
-        await layer.group_discard(room_group(room), channel)
+        waiter.ended = True
+        hub.leave(room, waiter)
     return JsonResponse({"events": events, "last_id": last_id})

@@ -127,7 +127,9 @@ def broadcast(group: str, messages: list[dict[str, Any]]) -> None:
 
     # Encoded once here, not once per spectator socket: each consumer sends the text as is.
     events = [{"id": message["id"], "json": json.dumps(message)} for message in messages]
-    runtime.publish(group, {"type": "room.events", "events": events})
+    # The room names the listeners a process hands the message to (spectate/hub.py).
+    room = messages[0]["room"] if messages else ""
+    runtime.publish(group, {"type": "room.events", "room": room, "events": events})
 
 
 def hydrate(event: RoomEvent, room_name: str) -> dict[str, Any]:

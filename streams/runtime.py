@@ -52,6 +52,11 @@ def _checkpoint_forever() -> None:
                 connection.close()
 
 
+# A broadcast the channel layer refused is tried again this often (see _publisher), and
+# one the layer does not answer is given up (and kept for the next try) after this long.
+PUBLISH_RETRY_S = 0.25
+PUBLISH_TIMEOUT_S = 5.0
+
 CLOCK_PRIORITY = 0
 DEFAULT_PRIORITY = 1
 
@@ -103,6 +108,7 @@ class Runtime:
         self._lock = threading.Lock()
         # Channel names of spectator sockets served by this process (for the heartbeat).
         self.local_spectators: set[str] = set()
+        self._publish_failing = False
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -210,14 +216,47 @@ class Runtime:
             loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
 
     async def _publisher(self) -> None:
+        """Send queued batches in order. A batch the channel layer refused is kept, the
+        latest one per room, and sent again as soon as the layer takes anything (or every
+        PUBLISH_RETRY_S): a listener given a later id reads the ones before it from the log,
+        so the latest batch makes up for all the lost ones of its room."""
         layer = get_channel_layer()
         queue = self._queue
+        unsent: dict[str, dict[str, Any]] = {}
         while True:
-            group, message = await queue.get()
-            try:
-                await layer.group_send(group, message)
-            except Exception:
-                logger.exception("broadcast to %s failed", group)
+            if unsent:
+                try:
+                    group, message = await asyncio.wait_for(queue.get(), PUBLISH_RETRY_S)
+                except TimeoutError:
+                    await self._resend(layer, unsent)
+                    continue
+            else:
+                group, message = await queue.get()
+            if await self._group_send(layer, group, message):
+                unsent.pop(group, None)
+                if unsent:
+                    await self._resend(layer, unsent)
+            else:
+                unsent[group] = message
+
+    async def _resend(self, layer: Any, unsent: dict[str, dict[str, Any]]) -> None:
+        for group, message in list(unsent.items()):
+            if not await self._group_send(layer, group, message):
+                return
+            unsent.pop(group, None)
+
+    async def _group_send(self, layer: Any, group: str, message: dict[str, Any]) -> bool:
+        try:
+            await asyncio.wait_for(layer.group_send(group, message), PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            if not self._publish_failing:
+                self._publish_failing = True  # one line per outage, not one per batch
+                logger.warning("broadcast to %s failed (%r); will send it again", group, exc)
+            return False
+        if self._publish_failing:
+            self._publish_failing = False
+            logger.warning("broadcasts resumed")
+        return True
 
     # --- timers ----------------------------------------------------------------------------
 

@@ -214,6 +214,9 @@ PARLEY_SWEEP_INTERVAL_S = env_float("PARLEY_SWEEP_INTERVAL_S", 1.0)
 PARLEY_SCHEDULER = env_bool("PARLEY_SCHEDULER", True)
 PARLEY_LONGPOLL_MAX_S = env_float("PARLEY_LONGPOLL_MAX_S", 30.0)
 PARLEY_SPECTATOR_STALE_S = env_float("PARLEY_SPECTATOR_STALE_S", 90.0)
+# How often each process compares its listeners with the event log (spectate/hub.py): an
+# event the channel layer lost reaches them from the log within two of these.
+PARLEY_SPECTATOR_RESYNC_S = env_float("PARLEY_SPECTATOR_RESYNC_S", 1.0)
 PARLEY_DB_THREADS = env_int("PARLEY_DB_THREADS", 8)
 # SQLite: how often the server checkpoints the WAL, off the request path.
 PARLEY_SQLITE_CHECKPOINT_S = env_float("PARLEY_SQLITE_CHECKPOINT_S", 5.0)
