@@ -43,6 +43,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import sys
 import time
 from collections import Counter
@@ -62,7 +63,7 @@ from bench.core import (
     pct,
     python_speed,
 )
-from bench.http import HttpPool
+from bench.http import HttpError, HttpPool
 from tests.support.servers import (
     PARLEY_SERVER,
     PROJECT_ROOT,
@@ -210,7 +211,7 @@ async def post_chunk(pool: HttpPool, body: dict, counters: Counters) -> dict | N
         counters.posts += 1
         try:
             status, answer = await pool.post_json("/audio", body)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError, HttpError) as exc:
             counters.errors[type(exc).__name__] += 1
             return None
         if status == 200:
@@ -348,12 +349,13 @@ async def spectator_slot(
 # --- the yardstick --------------------------------------------------------------------------
 
 TIMER_CODE = r"""
-import asyncio, json, random, sys, time
+import asyncio, json, os, random, sys, time
 async def main(seconds):
     loop = asyncio.get_running_loop()
     late = []
     stop = loop.time() + seconds
-    while loop.time() < stop:
+    parent = os.getppid()
+    while loop.time() < stop and os.getppid() == parent:
         target = loop.time() + random.uniform(0.01, 0.2)
         await asyncio.sleep(target - loop.time())
         late.append(1000 * (loop.time() - target))
@@ -401,6 +403,11 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
     async def progress() -> None:
         while True:
             await asyncio.sleep(30)
+            dead = [p for p in [*deployment.workers, deployment.scheduler] if not p.running]
+            if dead:
+                # Not ours to survive: the soak measures a deployment that stays up.
+                log(f"  a process died: {dead}; stopping")
+                os.kill(os.getpid(), signal.SIGINT)
             elapsed = time.monotonic() - started
             log(
                 f"  {counters.turns}/{args.turns} turns in {elapsed:.0f} s, "
