@@ -359,6 +359,7 @@ async def test_schema_lists_every_speech_endpoint():
         "minimum": 50,
         "maximum": 500,
         "default": 200,
+        "nullable": True,
         "description": "Characters per streaming chunk",
     }
     assert properties["response_format"]["default"] == "mp3"
