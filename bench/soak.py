@@ -14,7 +14,7 @@ own ($DATABASE_URL / $REDIS_URL when set, else throwaway servers from the `pgser
            final chunk's worker owns the release); the room's next turn starts at the
            predicted end plus 50-250 ms (a 409 `floor_busy` there is counted and retried).
            Meanwhile `--spectators` sockets churn: each joins a random room on a random
-           worker, stays 0.5-8 s, and leaves cleanly, by dropping its TCP connection without
+           worker, stays 2-20 s, and leaves cleanly, by dropping its TCP connection without
            a close frame, or by sending a close frame and dropping at once, whatever the
            server is writing. Each checks it got every live event once, in id order.
 2. crash   `--crash-rounds` times: `--crash-rooms` streams of 1-3 s whose final chunks go
@@ -231,9 +231,12 @@ async def speak_room(
     limiter: RateLimiter,
     counters: Counters,
     rng: random.Random,
+    deadline: float,
 ) -> None:
     for turn in range(turns):
         await limiter.wait()
+        if time.monotonic() > deadline:
+            return  # --max-minutes: the run reports the turns it played
         stream_id = f"{room}-{turn}"
         chunks = rng.randint(2, 3)
         answer = None
@@ -343,7 +346,7 @@ async def spectator_slot(
     while time.monotonic() < until.at:
         url = f"ws://127.0.0.1:{rng.choice(ports)}/spectate/ws?room={rng.choice(rooms)}"
         how = rng.choices(["clean", "drop", "close-and-drop"], [4, 3, 3])[0]
-        await spectate_once(url, rng.uniform(0.5, 8.0), how, stats, until)
+        await spectate_once(url, rng.uniform(2.0, 20.0), how, stats, until)
 
 
 # --- the yardstick --------------------------------------------------------------------------
@@ -383,6 +386,7 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
     ours0 = _ours(deployment)
     started = time.monotonic()
     until = Until(started + 10 * 86400)
+    deadline = started + 60 * args.max_minutes if args.max_minutes else until.at
 
     timer = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -421,7 +425,7 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
     background = [asyncio.create_task(sample_rss()), asyncio.create_task(progress())]
     await asyncio.gather(
         *(
-            speak_room(room, n, pools, limiter, counters, random.Random(rng.random()))
+            speak_room(room, n, pools, limiter, counters, random.Random(rng.random()), deadline)
             for room, n in zip(rooms, per_room, strict=True)
         )
     )
@@ -701,6 +705,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=10_000, help="soak turns (10,000)")
     parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="stop starting turns after this long"
+    )
     parser.add_argument("--rate", type=float, default=25.0, help="turn starts per second")
     parser.add_argument("--spectators", type=int, default=200, help="churning sockets")
     parser.add_argument("--warmup", type=int, default=None, help="turns before 'warm' RSS")
