@@ -268,7 +268,8 @@ class Runtime:
         loop.call_soon_threadsafe(self._arm, kind, key, when)
 
     def _arm(self, kind: str, key: str, when: datetime, *, backup: bool = False) -> None:
-        """Arm a timer; a backup (another process's work, seen by the sweeper) fires later.
+        """Arm a timer; a backup (another process's work, announced by its NOTIFY or seen by
+        the sweeper) fires later.
 
         The process that took the final chunk owns the release and fires on time. Sweepers
         of the other processes only stand by, `PARLEY_RELEASE_BACKUP_S` later, in case that
