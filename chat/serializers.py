@@ -30,6 +30,16 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A BooleanField that takes only JSON true/false: DRF's would take 0, 1.0, "yes" and
+    "off" too, which the schema (and the seed) do not offer."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not know, so a typo is an error instead of a silent default."""
 
@@ -65,8 +75,8 @@ def _speed() -> serializers.FloatField:
 
 class ChatRequestSerializer(StrictSerializer):
     text = StrictCharField(max_length=MAX_TEXT)
-    use_tts = serializers.BooleanField(default=False)
-    stream_audio = serializers.BooleanField(default=False)
+    use_tts = StrictBooleanField(default=False)
+    stream_audio = StrictBooleanField(default=False)
     user = StrictCharField(required=False, allow_null=True, max_length=128)
 
 

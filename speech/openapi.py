@@ -292,7 +292,12 @@ def speech_paths() -> dict[str, Any]:
             voice_list,
             400,
             parameters=[
-                {"name": "engine", "in": "query", "schema": {"type": "string", "enum": engines}}
+                {
+                    "name": "engine",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["", *engines]},
+                    "description": "empty or missing: every engine",
+                }
             ],
         ),
         "post": {

@@ -163,6 +163,9 @@ async def test_engine_gone_between_post_and_get_is_503_and_the_url_survives(sett
         ({"text": ""}, "text", "invalid_text"),
         ({"text": "x" * 4097}, "text", "invalid_text"),
         ({"text": "hi", "use_tts": "maybe"}, "use_tts", "invalid_use_tts"),
+        # Found by bench/fuzz: DRF took 0.0, 1, "yes" and "off" as booleans.
+        ({"text": "hi", "use_tts": 0.0}, "use_tts", "invalid_use_tts"),
+        ({"text": "hi", "stream_audio": "yes"}, "stream_audio", "invalid_stream_audio"),
         ({"text": "hi", "stream_audio": [1]}, "stream_audio", "invalid_stream_audio"),
         ({"text": "hi", "user": "u" * 129}, "user", "invalid_user"),
         ({"text": "hi", "colour": "red"}, "colour", "invalid_colour"),
