@@ -14,6 +14,8 @@ balancer picks, so a multi-worker deployment needs clients on the websocket tran
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -26,6 +28,8 @@ from recordings.models import Transport
 from recordings.sessions import RecordingSession, scope_params
 from recordings.sweeper import sweeper
 from streams.errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 NAMESPACE = "/streaming"
 SOCKETIO_PATH = "socket.io"
@@ -105,7 +109,35 @@ class StreamingNamespace(socketio.AsyncNamespace):
         await self.emit(event, data, to=sid, ignore_queue=True)
 
 
-sio = socketio.AsyncServer(
+MALFORMED_PACKET = ApiError(
+    "malformed_packet", "The Socket.IO packet could not be decoded; the connection is closed."
+)
+
+
+class _Server(socketio.AsyncServer):
+    """python-socketio's server, except that a packet that does not decode is the client's
+    fault: one WARNING line, an `error` event and a disconnect, not an ERROR traceback per
+    packet (which anyone could send, unauthenticated) and a connection left hanging."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            # Our own handlers never raise (RecordingSession.handle answers every error):
+            # what arrives here is socketio's packet decoding failing.
+            logger.warning("Socket.IO: malformed packet dropped, client disconnected: %r", exc)
+            self._binary_packet.pop(eio_sid, None)
+            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+            if sid is not None:
+                with contextlib.suppress(Exception):
+                    await self.emit(
+                        "error", MALFORMED_PACKET.as_dict(), to=sid, namespace=NAMESPACE
+                    )
+            with contextlib.suppress(Exception):
+                await self.eio.disconnect(eio_sid)
+
+
+sio = _Server(
     async_mode="asgi",
     client_manager=_client_manager(),
     # One event at a time per connection: chunks are stored and acknowledged in order.
@@ -125,6 +157,15 @@ def mount(other_app: Any) -> Callable[..., Awaitable[None]]:
 
     async def application(scope: dict, receive: Any, send: Any) -> None:
         sweeper.ensure_started()
-        await app(scope, receive, send)
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            if scope["type"] != "websocket" or not scope["path"].startswith(f"/{SOCKETIO_PATH}"):
+                raise
+            # Engine.IO frames that do not decode (an empty or unknown packet) end the
+            # connection inside python-engineio: close it with a code, log one line.
+            logger.warning("Engine.IO: malformed packet, connection closed: %r", exc)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1002, "reason": "malformed_packet"})
 
     return application

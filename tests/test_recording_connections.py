@@ -1,0 +1,78 @@
+"""Recording sockets under abuse, against a real daphne (issue 8, section 3).
+
+Malformed Socket.IO packets are anyone's to send, unauthenticated: each costs one WARNING
+line and ends its connection, never an ERROR traceback (a log flood) or a hanging client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fuzz.conftest import FuzzServer, running_server
+from tests.support.rawws import CLOSE, RawWebSocket
+
+pytestmark = pytest.mark.timeout(120)
+
+SOCKETIO = "/socket.io/?EIO=4&transport=websocket"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FuzzServer]:
+    with running_server(require_auth=False) as s:
+        yield s
+
+
+def socketio_connected(port: int) -> RawWebSocket:
+    ws = RawWebSocket(port, SOCKETIO)
+    _, opening = ws.recv_frame(10)
+    assert opening.startswith(b"0{"), opening
+    ws.send_text("40/streaming,")
+    _, connected = ws.recv_frame(10)
+    assert connected.startswith(b"40/streaming,"), connected
+    return ws
+
+
+def ended(ws: RawWebSocket, timeout: float = 10.0) -> list[bytes]:
+    """Frames until the server ends the connection (an Engine.IO close packet, a
+    WebSocket close or EOF); fails if it does not within `timeout`."""
+    seen: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            opcode, payload = ws.recv_frame(max(0.1, deadline - time.monotonic()))
+        except (ConnectionError, OSError):
+            return seen
+        if opcode == CLOSE or payload == b"1":
+            return seen
+        seen.append(payload)
+    raise AssertionError(f"the connection was not ended: {seen}")
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        '42/streaming,["audio_chunk",',  # JSON cut short
+        "4X",  # no such Socket.IO packet type
+        '45-/streaming,["audio_chunk",{"_placeholder":true,"num":0}]',  # digits missing
+        '42/streaming,{"event":',
+    ],
+)
+def test_a_malformed_socketio_packet_is_one_warning_and_a_disconnect(server, packet):
+    ws = socketio_connected(server.daphne.port)
+    ws.send_text(packet)
+    frames = ended(ws)
+    ws.close()
+    errors = [
+        json.loads(frame.removeprefix(b"42/streaming,"))
+        for frame in frames
+        if frame.startswith(b'42/streaming,["error"')
+    ]
+    assert errors and errors[-1][1]["error"] == "malformed_packet", frames
+    time.sleep(0.3)
+    log = server.daphne.log()
+    assert "Traceback" not in log and "handler error" not in log, log[-3000:]
+    assert "malformed packet" in log
