@@ -187,6 +187,7 @@ class Counters:
     turns: int = 0
     posts: int = 0
     floor_busy: int = 0
+    stale_retries: int = 0
     errors: Counter = field(default_factory=Counter)
     predicted: dict[str, float] = field(default_factory=dict)  # stream_id -> predicted end
 
@@ -211,7 +212,12 @@ async def post_chunk(pool: HttpPool, body: dict, counters: Counters) -> dict | N
         counters.posts += 1
         try:
             status, answer = await pool.post_json("/audio", body)
-        except (OSError, asyncio.IncompleteReadError, ValueError, HttpError) as exc:
+        except HttpError:
+            # A kept-alive connection the server closed as idle just as it was reused: POST
+            # /audio is idempotent (the same seq and bytes), so send it again.
+            counters.stale_retries += 1
+            continue
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             counters.errors[type(exc).__name__] += 1
             return None
         if status == 200:
@@ -459,6 +465,7 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
         "turns": counters.turns,
         "posts": counters.posts,
         "floor_busy_retries": counters.floor_busy,
+        "stale_connection_retries": counters.stale_retries,
         "post_errors": dict(counters.errors),
         "elapsed_s": elapsed,
         "rate_turns_s": counters.turns / elapsed,
@@ -614,6 +621,7 @@ def account(deployment: Deployment, soak: dict[str, Any], crash: dict[str, Any])
             soak_late.append(late_ms)
     return {
         "turns": len(turns),
+        "crash_turns": sum(1 for _, room, *_ in turns if room.startswith("crash")),
         "statuses": dict(statuses),
         "released_not_exactly_once": not_once,
         "released_early": early,
@@ -650,9 +658,10 @@ def render(result: dict[str, Any]) -> str:
         "",
         "| | result |",
         "|---|---|",
-        f"| turns | {acct['turns']} ({soak['turns']} soak in {result['args']['rooms']} rooms at "
-        f"{soak['rate_turns_s']:.1f} turns/s over {soak['elapsed_s']:.0f} s, "
-        f"{acct['turns'] - soak['turns']} in crash rounds); {soak['posts']} POSTs |",
+        f"| turns | {acct['turns']} in the database ({soak['turns']} soak turns started in "
+        f"{result['args']['rooms']} rooms at {soak['rate_turns_s']:.1f} turns/s over "
+        f"{soak['elapsed_s']:.0f} s, {acct['crash_turns']} in crash rounds); "
+        f"{soak['posts']} POSTs |",
         f"| turn states at the end | {acct['statuses']} |",
         f"| released not exactly once | {len(acct['released_not_exactly_once'])} |",
         f"| released before the predicted end | {acct['released_early']} |",
@@ -664,7 +673,8 @@ def render(result: dict[str, Any]) -> str:
         f"{_d(soak['timer_yardstick_ms'])} |",
         f"| floor still busy after predicted end + 50 ms (retried) | "
         f"{soak['floor_busy_retries']} retries |",
-        f"| POST errors | {soak['post_errors'] or 0} |",
+        f"| POST errors | {soak['post_errors'] or 0} (and "
+        f"{soak.get('stale_connection_retries', 0)} resent on a fresh connection) |",
         f"| spectators | {spect['slots']} churning slots, {spect['joins']} joins, "
         f"leaves {spect['leaves']}, {spect['messages']} messages |",
         f"| spectator gaps / duplicates | {spect['gaps']} / {spect['duplicates']} |",
