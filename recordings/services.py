@@ -393,6 +393,24 @@ def recording_stop(*, recording_id: int, refuse_empty: bool = True) -> Recording
     return _build(recording)
 
 
+def recording_discard_empty(*, recording_id: int) -> bool:
+    """Delete a recording that ended before its first chunk, with its streams; True if it
+    was. A session without audio leaves no record (a churn of empty connections would
+    otherwise leave one row per connection). Its streams have no chunk and no event."""
+    with transaction.atomic():
+        recording = Recording.objects.select_for_update().filter(pk=recording_id).first()
+        if recording is None:
+            return True
+        if recording.status not in (RecordingStatus.RECORDING, RecordingStatus.EMPTY):
+            return False
+        if Stream.objects.filter(pk=recording.stream_id, chunk_count__gt=0).exists():
+            return False
+        streams = [recording.stream_id, recording.live_stream_id]
+        recording.delete()
+        Stream.objects.filter(pk__in=[pk for pk in streams if pk is not None]).delete()
+    return True
+
+
 def _build(recording: Recording) -> Recording:
     stream = recording.stream
     fmt = recording_format(recording)
@@ -478,6 +496,8 @@ def recordings_finish_abandoned(*, idle_s: float) -> int:
     )
     saved = 0
     for recording_id in list(abandoned[:100]):
+        if recording_discard_empty(recording_id=recording_id):
+            continue
         with contextlib.suppress(ApiError):  # a failure is kept as failed, with its chunks
             recording_stop(recording_id=recording_id, refuse_empty=False)
         saved += 1

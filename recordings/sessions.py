@@ -208,6 +208,8 @@ class RecordingSession:
         if self.recording_id is None:
             return
         try:
+            if await self._discard_if_empty():
+                return
             await self._finish_live()
             await run_blocking(
                 services.recording_stop, recording_id=self.recording_id, refuse_empty=False
@@ -336,10 +338,11 @@ class RecordingSession:
             "idle_timeout", f"Nothing received for {idle_s:g} s: the session is closed."
         )
         try:
-            await self._finish_live()
-            recording = await run_blocking(
-                services.recording_stop, recording_id=self.recording_id, refuse_empty=False
-            )
+            if not await self._discard_if_empty():
+                await self._finish_live()
+                recording = await run_blocking(
+                    services.recording_stop, recording_id=self.recording_id, refuse_empty=False
+                )
         except ApiError as exc:
             error = exc
         await self._send_quietly("error", error.as_dict())
@@ -347,6 +350,14 @@ class RecordingSession:
             await self._send_quietly("result_file_path", result_file_path_payload(recording))
         self._idle_task = None
         await self._close()
+
+    async def _discard_if_empty(self) -> bool:
+        """Ended before its first chunk: no record is kept (services.recording_discard_empty)."""
+        if self._live is not None:
+            return False
+        return await runtime.run_db(
+            services.recording_discard_empty, recording_id=self.recording_id
+        )
 
     async def _send_quietly(self, event: str, data: dict[str, Any]) -> None:
         try:

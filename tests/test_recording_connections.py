@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.fuzz.conftest import FuzzServer, running_server
@@ -76,3 +77,35 @@ def test_a_malformed_socketio_packet_is_one_warning_and_a_disconnect(server, pac
     log = server.daphne.log()
     assert "Traceback" not in log and "handler error" not in log, log[-3000:]
     assert "malformed packet" in log
+
+
+def recordings_count(base_url: str) -> int:
+    response = httpx.get(f"{base_url}/api/recordings", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["count"]
+
+
+def test_a_churn_of_connections_without_audio_leaves_no_record(server):
+    """The dev default takes connections without a key: each used to leave an empty
+    recording row behind (3,010 after a churn)."""
+    before = recordings_count(server.url)
+    for n in range(30):
+        ws = RawWebSocket(server.daphne.port, "/ws/streaming")
+        assert json.loads(ws.recv_frame(10)[1])["event"] == "response"
+        if n % 2:
+            ws.reset()
+        else:
+            ws.send_close(1000)
+            ws.until_close(10)
+            ws.close()
+    for n in range(10):
+        ws = socketio_connected(server.daphne.port)
+        if n % 2:
+            ws.reset()
+        else:
+            ws.send_text("41/streaming,")
+            ws.close()
+    deadline = time.monotonic() + 10
+    while recordings_count(server.url) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert recordings_count(server.url) == before

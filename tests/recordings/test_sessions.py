@@ -150,10 +150,11 @@ async def test_disconnect_saves_what_was_buffered(recordings_dir):
     assert (recordings_dir / f"{hello['streaming_id']}.wav").stat().st_size == 16044
 
 
-async def test_disconnect_without_audio_ends_empty():
+async def test_disconnect_without_audio_leaves_no_record():
     ws, hello = await ws_open()
     await ws.disconnect()
-    assert (await recording(hello["streaming_id"])).status == "empty"
+    with pytest.raises(Recording.DoesNotExist):
+        await recording(hello["streaming_id"])
 
 
 async def test_undecodable_audio_fails_keeps_its_chunks_and_force_stop_says_so():
