@@ -73,3 +73,14 @@ def recording_as_dict(recording: Recording, *, base_url: str | None = None) -> d
         "stopped_at": iso(recording.stopped_at),
         "completed_at": iso(recording.completed_at),
     }
+
+
+def api_keys_valid(*, key_hashes: set[str]) -> set[str]:
+    """The hashes among `key_hashes` of keys that exist and are not revoked (no cache)."""
+    from streams.models import ApiKey
+
+    return set(
+        ApiKey.objects.filter(key_hash__in=key_hashes, revoked_at__isnull=True).values_list(
+            "key_hash", flat=True
+        )
+    )

@@ -22,9 +22,9 @@ from recordings import services
 from recordings.formats import RecordingFormat, parse_format
 from recordings.live import LiveDecoder, live_command
 from recordings.models import Recording, RecordingStatus, Transport
-from recordings.selectors import result_file_path_payload
+from recordings.selectors import api_keys_valid, result_file_path_payload
 from streams.audio import BYTES_PER_SAMPLE_RANGE, CHANNEL_CHOICES, SAMPLE_RATE_RANGE, FormatError
-from streams.auth import authenticate, require_writer, resolve_speaker
+from streams.auth import authenticate, bearer_token, hash_key, require_writer, resolve_speaker
 from streams.errors import ApiError
 from streams.params import parse_int
 from streams.runtime import runtime
@@ -126,6 +126,7 @@ class RecordingSession:
         self.recording_id: int | None = None
         self._last_activity = 0.0
         self._idle_task: asyncio.Task | None = None
+        self._ended = False
         # A container recording with a room: its live stream and decoder (started by the
         # first chunk), and the channel a force stop on any worker tells this session on.
         self._live_stream_pk: int | None = None
@@ -151,6 +152,7 @@ class RecordingSession:
         principal = await runtime.run_db(authenticate, authorization) if authorization else None
         require_writer(principal)
         speaker = resolve_speaker(principal, requested_speaker, DEFAULT_SPEAKER)
+        key = bearer_token(authorization) if principal is not None else None
         live = room is not None and not fmt.is_pcm
         layer = get_channel_layer() if live and not self.channel_name else None
         if layer is not None:
@@ -176,6 +178,8 @@ class RecordingSession:
             self._listen_task = loop.create_task(self._listen(layer))
         self._touch()
         self._idle_task = loop.create_task(self._watch_idle())
+        if key is not None:
+            key_watch.add(self, hash_key(key))
         return {**CONNECTED, "streaming_id": self.sid, "streaming_key": key}
 
     async def handle(self, event: str, data: Any) -> None:
@@ -205,8 +209,9 @@ class RecordingSession:
     async def disconnect(self) -> None:
         """The client left: save whatever it recorded (the seed's process_audio)."""
         self._stop_watching()
-        if self.recording_id is None:
+        if self.recording_id is None or self._ended:
             return
+        self._ended = True
         try:
             if await self._discard_if_empty():
                 return
@@ -314,6 +319,7 @@ class RecordingSession:
         self._last_activity = asyncio.get_running_loop().time()
 
     def _stop_watching(self) -> None:
+        key_watch.discard(self)
         for task in (self._idle_task, self._listen_task):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -333,10 +339,30 @@ class RecordingSession:
 
     async def _expire(self, idle_s: float) -> None:
         """Nothing came for PARLEY_RECORDING_IDLE_S: save what there is and hang up."""
-        recording = None
-        error = ApiError(
-            "idle_timeout", f"Nothing received for {idle_s:g} s: the session is closed."
+        self._idle_task = None
+        await self._end(
+            ApiError("idle_timeout", f"Nothing received for {idle_s:g} s: the session is closed.")
         )
+
+    async def revoked(self) -> None:
+        """The key the session was opened with was revoked: save what there is, hang up."""
+        await self._end(
+            ApiError(
+                "invalid_api_key",
+                "The API key was revoked: the session is closed.",
+                field="Authorization",
+                status_code=401,
+            )
+        )
+
+    async def _end(self, error: ApiError) -> None:
+        """End the session from the server's side: save what there is, tell the client
+        (the error, and where its file is), and close the connection."""
+        if self._ended:
+            return
+        self._ended = True
+        self._stop_watching()
+        recording = None
         try:
             if not await self._discard_if_empty():
                 await self._finish_live()
@@ -348,7 +374,6 @@ class RecordingSession:
         await self._send_quietly("error", error.as_dict())
         if recording is not None and recording.status == RecordingStatus.COMPLETE:
             await self._send_quietly("result_file_path", result_file_path_payload(recording))
-        self._idle_task = None
         await self._close()
 
     async def _discard_if_empty(self) -> bool:
@@ -364,6 +389,52 @@ class RecordingSession:
             await self._send(event, data)
         except Exception:
             logger.debug("recording %s: %s not delivered", self.sid, event, exc_info=True)
+
+
+class KeyWatch:
+    """Open sessions of this process opened with an API key, checked against the database
+    (not the key cache) every KEY_CHECK_S: a key revoked while its session is open ends
+    that session within a second or two (RecordingSession.revoked)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sessions: dict[RecordingSession, str] = {}
+        self._ending: set[asyncio.Task] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, session: RecordingSession, key_hash: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            self.loop = loop
+            self.sessions = {}
+            self._task = loop.create_task(self._run(), name="parley-recording-keys")
+        self.sessions[session] = key_hash
+
+    def discard(self, session: RecordingSession) -> None:
+        self.sessions.pop(session, None)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(KEY_CHECK_S)
+            if not self.sessions:
+                continue
+            try:
+                valid = await runtime.run_clock_db(
+                    api_keys_valid, key_hashes=set(self.sessions.values())
+                )
+            except Exception as exc:
+                logger.warning("recording key check failed: %r", exc)
+                continue
+            for session, key_hash in list(self.sessions.items()):
+                if key_hash not in valid:
+                    self.sessions.pop(session, None)
+                    task = asyncio.ensure_future(session.revoked())
+                    self._ending.add(task)
+                    task.add_done_callback(self._ending.discard)
+
+
+KEY_CHECK_S = 1.0
+key_watch = KeyWatch()
 
 
 async def notify_stopped(recording: Recording) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fuzz.conftest import FuzzServer, running_server
+from tests.fuzz.conftest import FuzzServer, _manage, running_server
 from tests.support.rawws import CLOSE, RawWebSocket
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,16 +38,19 @@ def socketio_connected(port: int) -> RawWebSocket:
 
 
 def ended(ws: RawWebSocket, timeout: float = 10.0) -> list[bytes]:
-    """Frames until the server ends the connection (an Engine.IO close packet, a
-    WebSocket close or EOF); fails if it does not within `timeout`."""
+    """Frames until the server ends the session (a Socket.IO disconnect of the namespace,
+    an Engine.IO close packet, a WebSocket close or EOF); fails if it does not within
+    `timeout`."""
     seen: list[bytes] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             opcode, payload = ws.recv_frame(max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            break
         except (ConnectionError, OSError):
             return seen
-        if opcode == CLOSE or payload == b"1":
+        if opcode == CLOSE or payload == b"1" or payload.startswith(b"41/streaming"):
             return seen
         seen.append(payload)
     raise AssertionError(f"the connection was not ended: {seen}")
@@ -109,3 +112,44 @@ def test_a_churn_of_connections_without_audio_leaves_no_record(server):
     while recordings_count(server.url) != before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert recordings_count(server.url) == before
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[FuzzServer]:
+    with running_server(require_auth=True) as s:
+        yield s
+
+
+def test_revoking_a_key_ends_its_open_sessions_within_5_s(auth_server):
+    env = auth_server.env
+    ws_key = _manage(env, "create_api_key", "revoked-ws")
+    sio_key = _manage(env, "create_api_key", "revoked-sio")
+    ws = RawWebSocket(auth_server.daphne.port, f"/ws/streaming?api_key={ws_key}")
+    assert json.loads(ws.recv_frame(10)[1])["event"] == "response"
+    ws.send_binary(b"\x01\x02" * 1600)  # 0.1 s at the default 16 kHz mono 16-bit
+    assert json.loads(ws.recv_frame(10)[1])["data"] == {"message": "received chunk"}
+    sio = RawWebSocket(auth_server.daphne.port, SOCKETIO)
+    sio.recv_frame(10)
+    sio.send_text("40/streaming," + json.dumps({"api_key": sio_key}))
+    assert sio.recv_frame(10)[1].startswith(b"40/streaming,")
+
+    _manage(
+        env,
+        "shell",
+        "-c",
+        "from django.utils import timezone; from streams.models import ApiKey; "
+        "ApiKey.objects.filter(speaker__startswith='revoked-').update(revoked_at=timezone.now())",
+    )
+    revoked_at = time.monotonic()
+    frames, code = ws.until_close(timeout=10)
+    events = [json.loads(payload) for _, payload in frames]
+    errors = [e["data"] for e in events if e["event"] == "error"]
+    assert errors and errors[-1]["error"] == "invalid_api_key", events
+    assert errors[-1]["field"] == "Authorization"
+    assert "result_file_path" in [e["event"] for e in events]  # what it recorded is saved
+    assert code is not None
+    sio_frames = ended(sio)
+    assert any(b'"invalid_api_key"' in frame for frame in sio_frames), sio_frames
+    assert time.monotonic() - revoked_at < 5.0
+    ws.close()
+    sio.close()
