@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.support.servers import PROJECT_ROOT, DaphneProcess
+from tests.support.servers import PARLEY_SERVER, PROJECT_ROOT, DaphneProcess
 
 # The speaker every body defaults to, so requests that name none act as the key's speaker.
 FUZZ_SPEAKER = "agent"
@@ -90,7 +90,8 @@ def running_server(
         try:
             _manage(env, "migrate", "--noinput", "-v0")
             api_key = _manage(env, "create_api_key", FUZZ_SPEAKER, "--moderator")
-            daphne = DaphneProcess(env=env, name="daphne-fuzz")
+            # the server as bin/serve runs it (config/server.py), timeouts and body caps included
+            daphne = DaphneProcess(env=env, server=PARLEY_SERVER, name="parley-fuzz")
             try:
                 yield FuzzServer(daphne=daphne, api_key=api_key, env=env)
             finally:
