@@ -7,6 +7,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agents.pipeline import AgentSession
@@ -72,6 +73,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.session is not None:
             session, self.session = self.session, None
             await session.close("disconnect")
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().send(*args, **kwargs)
+        except Exception as exc:
+            # daphne raises "send on a closed protocol" for a client that closed while
+            # frames were being written to it: the socket is gone, so is this consumer
+            # (__call__ ends its session).
+            raise StopConsumer from exc
 
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame, separators=(",", ":")))

@@ -65,12 +65,13 @@ def session(
     frames: list[tuple[str, bytes]],
     *,
     ending: str = "close",
-    must_answer: Callable[[str], bool] = lambda kind: kind != "binary",
+    must_answer: Callable[[str], bool] = lambda kind: kind == "text",
 ) -> str | None:
-    """One hostile connection. `frames` are (kind, payload) with kind "text", "binary" or
-    "badutf8" (a text frame of invalid UTF-8). Returns a problem, or None if every frame
-    that must be answered was answered by a frame or a close with a code (not 1011), and
-    the handshake was not a 5xx."""
+    """One hostile connection. `frames` are (kind, payload) with kind "text", "binary",
+    "badutf8" (a text frame of invalid UTF-8) or "quiet" (a text frame the protocol may
+    leave unanswered, like a Socket.IO event to a namespace that refused the client).
+    Returns a problem, or None if every frame that must be answered was answered by a
+    frame or a close with a code (not 1011), and the handshake was not a 5xx."""
     try:
         ws = RawWebSocket(port, path, timeout=ANSWER_S)
     except HandshakeRefused as refused:
@@ -91,7 +92,7 @@ def session(
                     ws.send_text(payload)
             except OSError:
                 return None if frame_kind == "badutf8" else "send failed"
-            answer, code = _answered(ws)
+            answer, code = _answered(ws, ANSWER_S if must_answer(frame_kind) else 0.3)
             if answer == "close":
                 return "closed 1011" if code == 1011 else None
             if answer == "drop":
@@ -117,7 +118,8 @@ def session(
 
 
 def hostile_cases(api_key: str) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
-    """(name, path, frames) of a fixed set of hostile connections on the three sockets."""
+    """(name, path, frames) of a fixed set of hostile connections on the spectator,
+    recording (plain and Socket.IO) and agent sockets."""
     junk_json = [b"[]", b"null", b"1e400", b'{"type": 5}', b'{"event": []}', HUGE.encode()]
     junk_json += [b'{"type": "session.update", "session": {"sample_rate_hz": ' + HUGE.encode()]
     junk_json += [b'{"event": "audio_chunk", "data": {"chunk": "x"}}', b"\x00", b"{"]
@@ -141,7 +143,25 @@ def hostile_cases(api_key: str) -> list[tuple[str, str, list[tuple[str, bytes]]]
         "format=webm&room=fuzz-a",
         "api_key=%FF%FE",
     ]
+    auths = [
+        {"api_key": api_key},
+        {"api_key": api_key, "sample_rate_hz": HUGE},
+        {"sample_rate_hz": "abc", "api_key": 5},
+        None,
+        [],
+    ]
+    sio_events = [
+        b'42/streaming,["audio_chunk",{"chunk":"x"}]',
+        b'42/streaming,["nope",' + HUGE.encode() + b"]",
+        b'42/streaming,["stop_recording"]',
+        b'42/streaming,["audio_chunk",',
+        b"4X",
+    ]
     cases = []
+    for n, (auth, event) in enumerate(itertools.product(auths, sio_events)):
+        connect = b"40/streaming," + (b"" if auth is None else json.dumps(auth).encode())
+        frames = [("text", connect), ("quiet", event), ("quiet", b"41/streaming,")]
+        cases.append((f"socketio-{n}", "/socket.io/?EIO=4&transport=websocket", frames))
     for (n, query), frames in zip(enumerate(queries), itertools.cycle(frames_sets), strict=False):
         cases.append((f"spectate-{n}", f"/spectate/ws?{query}", frames))
         keyed = f"{query}&api_key={api_key}" if n % 2 else query
@@ -150,10 +170,17 @@ def hostile_cases(api_key: str) -> list[tuple[str, str, list[tuple[str, bytes]]]
     return cases
 
 
+def must_answer(path: str) -> Callable[[str], bool]:
+    """Which frames must be answered on `path`: text, and binary except on the agent's
+    socket, which takes binary frames as audio (rightly unanswered)."""
+    if path.startswith("/ws/agent"):
+        return lambda kind: kind == "text"
+    return lambda kind: kind in ("text", "binary")
+
+
 def run_case(port: int, case: tuple[str, str, list[tuple[str, bytes]]], ending: str) -> Outcome:
     name, path, frames = case
-    # The agent takes binary frames as audio and may stay silent: only its text must answer.
-    problem = session(port, path, frames, ending=ending)
+    problem = session(port, path, frames, ending=ending, must_answer=must_answer(path))
     return Outcome(name, problem)
 
 

@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from recordings.models import Transport
@@ -37,6 +38,22 @@ def new_sid() -> str:
 
 class StreamingConsumer(AsyncWebsocketConsumer):
     session: RecordingSession | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the consumer ends (a send to a client that closed meanwhile, daphne
+            # cancelling it), the session is saved like on a disconnect.
+            await self.disconnect(1006)
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().send(*args, **kwargs)
+        except Exception as exc:
+            # daphne raises "send on a closed protocol" for a client that closed while
+            # frames were being written to it: the socket is gone, so is this consumer.
+            raise StopConsumer from exc
 
     async def connect(self) -> None:
         await self.accept()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
@@ -152,7 +153,7 @@ class RecordingSession:
         principal = await runtime.run_db(authenticate, authorization) if authorization else None
         require_writer(principal)
         speaker = resolve_speaker(principal, requested_speaker, DEFAULT_SPEAKER)
-        key = bearer_token(authorization) if principal is not None else None
+        api_key = bearer_token(authorization) if principal is not None else None
         live = room is not None and not fmt.is_pcm
         layer = get_channel_layer() if live and not self.channel_name else None
         if layer is not None:
@@ -178,8 +179,8 @@ class RecordingSession:
             self._listen_task = loop.create_task(self._listen(layer))
         self._touch()
         self._idle_task = loop.create_task(self._watch_idle())
-        if key is not None:
-            key_watch.add(self, hash_key(key))
+        if api_key is not None:
+            key_watch.add(self, hash_key(api_key))
         return {**CONNECTED, "streaming_id": self.sid, "streaming_key": key}
 
     async def handle(self, event: str, data: Any) -> None:
@@ -200,6 +201,8 @@ class RecordingSession:
                 )
         except ApiError as exc:
             await self._send("error", exc.as_dict())
+        except StopConsumer:
+            raise  # the transport is gone (a send to a closed socket): nothing failed here
         except Exception:
             logger.exception("recording %s: %s failed", self.sid, event)
             await self._send(

@@ -133,6 +133,15 @@ def test_revoking_a_key_ends_its_open_sessions_within_5_s(auth_server):
     sio.send_text("40/streaming," + json.dumps({"api_key": sio_key}))
     assert sio.recv_frame(10)[1].startswith(b"40/streaming,")
 
+    # Sessions whose key stays valid go on (the check runs every second).
+    time.sleep(2.5)
+    ws.send_binary(b"\x01\x02" * 1600)
+    assert json.loads(ws.recv_frame(10)[1])["data"] == {"message": "received chunk"}
+    sio.send_text('42/streaming,["nope"]')
+    while b'"response"' in (answer := sio.recv_frame(10)[1]):
+        pass  # the greeting
+    assert b"unknown_event" in answer
+
     _manage(
         env,
         "shell",

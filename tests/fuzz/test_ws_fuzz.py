@@ -22,6 +22,7 @@ from bench.fuzz_ws import (
     FUZZ_ROOMS,
     HUGE,
     hammer,
+    must_answer,
     rss_mb,
     session,
     wait_for_no_spectators,
@@ -93,8 +94,10 @@ frames = st.lists(
 def test_every_frame_is_answered(fuzz_server, endpoint, query, with_key, frames, ending):
     if with_key:
         query = f"{query}&api_key={fuzz_server.api_key}"
-    # The agent takes binary frames as audio: it may rightly stay silent on them.
-    problem = session(fuzz_server.daphne.port, f"{endpoint}?{query}", frames, ending=ending)
+    path = f"{endpoint}?{query}"
+    problem = session(
+        fuzz_server.daphne.port, path, frames, ending=ending, must_answer=must_answer(path)
+    )
     assert problem is None, (endpoint, query, frames)
 
 
