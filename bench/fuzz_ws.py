@@ -92,7 +92,7 @@ def session(
                     ws.send_text(payload)
             except OSError:
                 return None if frame_kind == "badutf8" else "send failed"
-            answer, code = _answered(ws, ANSWER_S if must_answer(frame_kind) else 0.3)
+            answer, code = _answered(ws, ANSWER_S if must_answer(frame_kind) else 0.1)
             if answer == "close":
                 return "closed 1011" if code == 1011 else None
             if answer == "drop":

@@ -80,7 +80,7 @@ frames = st.lists(
 
 @settings(
     derandomize=True,
-    max_examples=int(os.environ.get("PARLEY_WS_FUZZ_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("PARLEY_WS_FUZZ_EXAMPLES", "30")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
