@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -31,13 +30,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from config.asgi import application
-from tests.support.servers import (
-    PARLEY_SERVER,
-    PROJECT_ROOT,
-    DaphneProcess,
-    EmbeddedPostgres,
-    ManagedProcess,
-)
+from tests.support.servers import PARLEY_SERVER, PROJECT_ROOT, DaphneProcess, KillablePostgres
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -388,24 +381,6 @@ def test_the_commands_run_the_server_entry_point():
 # PostgreSQL stops, then comes back
 
 
-class RestartablePostgres(EmbeddedPostgres):
-    def shut_down(self) -> None:
-        self.process.stop()  # fast shutdown: every connection is cut
-
-    def start_again(self) -> None:
-        old = self.process
-        self.process = ManagedProcess(
-            old.argv,
-            cwd=self.dir,
-            name=old.name,
-            ready=lambda: self._postmaster_ready(self.port),
-            startup_timeout=30,
-            stop_signal=signal.SIGINT,
-            user=self.user,
-            env={"PGDATA": None, "PGPORT": None},
-        )
-
-
 async def spectate(ws_url: str) -> dict | websockets.ConnectionClosed:
     """A spectator's first frame, or how its socket was closed."""
     async with websockets.connect(ws_url + "/spectate/ws?room=r1") as ws:
@@ -416,7 +391,7 @@ async def spectate(ws_url: str) -> dict | websockets.ConnectionClosed:
 
 
 def test_a_database_outage_is_a_503_with_retry_after_and_the_service_comes_back():
-    postgres = RestartablePostgres(dbname="parley")
+    postgres = KillablePostgres(dbname="parley")
     try:
         env: dict[str, str | None] = {
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
@@ -450,7 +425,7 @@ def test_a_database_outage_is_a_503_with_retry_after_and_the_service_comes_back(
                 assert isinstance(closed, websockets.ConnectionClosed), closed
                 assert closed.rcvd.code == 4503, closed
                 assert closed.rcvd.reason.startswith("unavailable: "), closed
-                postgres.start_again()
+                postgres.restart()
                 deadline = time.monotonic() + 30
                 while http.get("/api/streams").status_code != 200:
                     assert time.monotonic() < deadline, "the service did not come back"

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.faults.conftest import KillableRedis
 from tests.fuzz.conftest import FuzzServer, running_server
+from tests.support.servers import KillableRedis
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,13 +9,10 @@ fresh database (a copy of one migrated template) and its own channel prefix.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -26,60 +23,12 @@ from tests.support.servers import (
     PARLEY_SERVER,
     PROJECT_ROOT,
     DaphneProcess,
-    EmbeddedPostgres,
-    EmbeddedRedis,
+    KillablePostgres,
+    KillableRedis,
     ManagedProcess,
-    ProcessStartError,
 )
-from tests.support.servers import _redis_is as redis_is  # our own pid answers on the port
 
 TEMPLATE_DB = "faults_template"
-
-
-class KillableRedis(EmbeddedRedis):
-    """A private redis-server that can be SIGKILLed and started again on the same port."""
-
-    def kill(self) -> None:
-        self.process.kill()  # SIGKILL, waits until it is gone
-
-    def restart(self, *, timeout: float = 10.0) -> None:
-        """Start a new server on the same port (empty: Redis here keeps no data)."""
-        old = self.process
-        deadline = time.monotonic() + timeout
-        while True:
-            proc = ManagedProcess(old.argv, cwd=self.dir, name=old.name, stop_timeout=5)
-            try:
-                proc.wait_ready(functools.partial(redis_is, self.port, proc.pid), timeout)
-            except ProcessStartError:
-                # The port may linger a moment after the kill; try again until the deadline.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-                continue
-            self.process = proc
-            return
-
-
-class KillablePostgres(EmbeddedPostgres):
-    """A private PostgreSQL that can be restarted (fast shutdown, then start) on its port."""
-
-    def shut_down(self) -> None:
-        """`pg_ctl stop -m fast`: every connection is cut, the server is gone."""
-        self.process.stop()
-
-    def restart(self, *, timeout: float = 30.0) -> None:
-        old = self.process
-        self.process = ManagedProcess(
-            old.argv,
-            cwd=self.dir,
-            name=old.name,
-            ready=lambda: self._postmaster_ready(self.port),
-            startup_timeout=timeout,
-            stop_signal=signal.SIGINT,
-            stop_timeout=10.0,
-            user=self.user,
-            env={"PGDATA": None, "PGPORT": None},
-        )
 
 
 @dataclass

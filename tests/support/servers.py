@@ -1050,3 +1050,53 @@ def postgres_url() -> str:
     if url.startswith("postgres"):
         return url
     return str(_shared_server("postgres", EmbeddedPostgres).url)
+
+
+# --------------------------------------------------------------------------------------------
+# Servers the fault tests kill and restart (tests/faults, tests/test_api_errors.py, ...)
+
+
+class KillableRedis(EmbeddedRedis):
+    """A private redis-server that can be SIGKILLed and started again on the same port."""
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL, waits until it is gone
+
+    def restart(self, *, timeout: float = 10.0) -> None:
+        """Start a new server on the same port (empty: Redis here keeps no data)."""
+        old = self.process
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = ManagedProcess(old.argv, cwd=self.dir, name=old.name, stop_timeout=5)
+            try:
+                proc.wait_ready(functools.partial(_redis_is, self.port, proc.pid), timeout)
+            except ProcessStartError:
+                # The port may linger a moment after the kill; try again until the deadline.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+                continue
+            self.process = proc
+            return
+
+
+class KillablePostgres(EmbeddedPostgres):
+    """A private PostgreSQL that can be restarted (fast shutdown, then start) on its port."""
+
+    def shut_down(self) -> None:
+        """`pg_ctl stop -m fast`: every connection is cut, the server is gone."""
+        self.process.stop()
+
+    def restart(self, *, timeout: float = 30.0) -> None:
+        old = self.process
+        self.process = ManagedProcess(
+            old.argv,
+            cwd=self.dir,
+            name=old.name,
+            ready=lambda: self._postmaster_ready(self.port),
+            startup_timeout=timeout,
+            stop_signal=signal.SIGINT,
+            stop_timeout=10.0,
+            user=self.user,
+            env={"PGDATA": None, "PGPORT": None},
+        )
