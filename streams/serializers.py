@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.utils import html
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from streams.audio import (
@@ -317,6 +318,13 @@ class SpeakerField(StrictCharField):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(trim_whitespace=False, **kwargs)
+
+    def get_value(self, dictionary: Any) -> Any:
+        # DRF reads an empty form field as null when the field allows null; a multipart
+        # `speaker=` names an empty speaker, which is refused like the JSON `""`.
+        if html.is_html_input(dictionary) and self.field_name in dictionary:
+            return dictionary.get(self.field_name)
+        return super().get_value(dictionary)
 
     def to_internal_value(self, data: Any) -> str:
         value = super().to_internal_value(data)
