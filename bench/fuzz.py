@@ -21,8 +21,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from tests.fuzz.conftest import running_server
 from tests.fuzz.test_http_fuzz import SEED, FuzzRun, run_schemathesis
+from tests.support.parley_server import running_server
 
 
 def run_leg(leg: str, *, seed: int, max_examples: int, workers: int) -> FuzzRun:

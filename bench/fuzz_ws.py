@@ -218,7 +218,7 @@ def rss_mb(pid: int) -> float:
 
 
 def main() -> None:
-    from tests.fuzz.conftest import running_server
+    from tests.support.parley_server import running_server
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=10_000)

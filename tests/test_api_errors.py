@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -30,6 +29,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from config.asgi import application
+from tests.support.parley_server import running_server
 from tests.support.servers import PARLEY_SERVER, PROJECT_ROOT, DaphneProcess, KillablePostgres
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -182,35 +182,10 @@ def _run(env: Mapping[str, str | None], *args: str) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[DaphneProcess]:
-    """`python -m config.server` on this leg's database (a fresh one on $DATABASE_URL)."""
-    database_url = os.environ.get("DATABASE_URL", "")
-    name = f"parley_errors_{secrets.token_hex(4)}"
-    with tempfile.TemporaryDirectory(prefix="parley-errors-") as var_dir:
-        env: dict[str, str | None] = {
-            "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "PARLEY_VAR_DIR": var_dir,
-            "DATABASE_URL": None,
-            "REDIS_URL": None,
-        }
-        if database_url.startswith(("postgres://", "postgresql://")):
-            import psycopg
-
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            env["DATABASE_URL"] = urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-        try:
-            _run(env, sys.executable, "manage.py", "migrate", "--noinput", "-v0")
-            process = DaphneProcess(env=env, server=PARLEY_SERVER, name="parley-server")
-            try:
-                yield process
-            finally:
-                process.stop()
-        finally:
-            if env["DATABASE_URL"]:
-                import psycopg
-
-                with psycopg.connect(database_url, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """`python -m config.server` on this leg's database (a fresh one on $DATABASE_URL), no
+    Redis and no keys required."""
+    with running_server(require_auth=False, redis_url="") as parley:
+        yield parley.daphne
 
 
 def raw_exchange(port: int, request: bytes, *, timeout: float = 30.0) -> tuple[bytes, float]:

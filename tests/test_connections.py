@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fuzz.conftest import FuzzServer, running_server
+from tests.support.parley_server import FuzzServer, running_server
 from tests.support.rawws import RawWebSocket
 from tests.support.servers import DaphneProcess
 

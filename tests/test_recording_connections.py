@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.fuzz.conftest import FuzzServer, _manage, running_server
+from tests.support.parley_server import FuzzServer, _manage, running_server
 from tests.support.rawws import CLOSE, RawWebSocket
 
 pytestmark = pytest.mark.timeout(120)

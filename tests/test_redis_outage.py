@@ -18,7 +18,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.fuzz.conftest import FuzzServer, running_server
+from tests.support.parley_server import FuzzServer, running_server
 from tests.support.servers import KillableRedis
 
 pytestmark = pytest.mark.timeout(120)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.conftest import FuzzServer
+from tests.support.parley_server import FuzzServer
 
 # The run itself is bounded by its example budget (about 90 s a leg on 2 idle cores); the
 # timeout only catches a hang, with room for a loaded CI machine.
