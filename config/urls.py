@@ -30,6 +30,8 @@ urlpatterns = [
     path("", include("speech.urls")),
     # Voice agent (seed 003): /v1/audio/transcriptions and the /agent/ page: agents/urls.py.
     path("", include("agents.urls")),
+    # Pages a person opens in a browser (/, /rooms/<room>/, /tts/, /record/): web/urls.py.
+    path("", include("web.urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),

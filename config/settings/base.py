@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "chat",
     "recordings",
     "agents",
+    "web",
 ]
 
 MIDDLEWARE = [

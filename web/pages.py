@@ -1,0 +1,29 @@
+"""The pages a person opens in a browser (issue 9): server-rendered templates over the API.
+
+Each page is a template (web/templates/web/) plus plain static JS and CSS (web/static/web/),
+no build step. The pages call the same public API as any client; they hold no logic of their
+own beyond rendering what the server already knows at request time.
+"""
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+def home_page_view(request: HttpRequest) -> HttpResponse:
+    """`/`: what Parley is, the live rooms (updated live) and links to every page."""
+    return render(request, "web/home.html", {"page": "home"})
+
+
+def room_page_view(request: HttpRequest, room: str) -> HttpResponse:
+    """`/rooms/<room>/`: a spectator of one room (floor, timeline, transcript, audio)."""
+    return render(request, "web/room.html", {"page": "room", "room": room})
+
+
+def tts_page_view(request: HttpRequest) -> HttpResponse:
+    """`/tts/`: a playground for /v1/audio/speech."""
+    return render(request, "web/tts.html", {"page": "tts"})
+
+
+def record_page_view(request: HttpRequest) -> HttpResponse:
+    """`/record/`: record from the microphone into /streaming (Socket.IO)."""
+    return render(request, "web/record.html", {"page": "record"})
