@@ -76,7 +76,7 @@ class Encoding:
 
 
 def encoding_for(fmt: str, quality: str) -> Encoding:
-    rate = output_rate(fmt, QUALITIES[quality].sample_rate_hz, sse=False)
+    rate = output_rate(fmt, QUALITIES[quality].sample_rate_hz)
     assert rate is not None
     return Encoding(fmt, quality, rate)
 

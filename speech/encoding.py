@@ -99,20 +99,21 @@ class EncoderError(RuntimeError):
     pass
 
 
-def output_rate(response_format: str, requested: int | None, *, sse: bool) -> int | None:
+def output_rate(response_format: str, requested: int | None) -> int | None:
     """The PCM rate to synthesize at for a format (None: the engine's own).
 
-    Raw formats without a header default to OpenAI's 24 kHz (an unchanged OpenAI client
-    assumes it); the compressed ones too, which also fixes ffmpeg's input rate before the
-    engine is known, so ffmpeg can start while the engine does. wav and the seed's SSE
-    describe their rate, so they keep the engine's.
+    Raw PCM defaults to OpenAI's 24 kHz whatever the transport: an unchanged OpenAI client
+    plays SSE deltas as 24 kHz too and ignores our `speech.audio.info` (Pipecat, the SDK's
+    helpers). The compressed formats too, which also fixes ffmpeg's input rate before the
+    engine is known, so ffmpeg can start while the engine does. wav describes its rate, so it
+    keeps the engine's.
     """
     codec = CODECS.get(response_format)
     if codec is not None and codec.rates is not None:
         # The encoder takes only these rates: the nearest one (the higher on a tie).
         wanted = requested or OPENAI_PCM_RATE
         return min(codec.rates, key=lambda rate: (abs(rate - wanted), -rate))
-    if codec is not None or (response_format == "pcm" and not sse):
+    if codec is not None or response_format == "pcm":
         return requested or OPENAI_PCM_RATE
     return requested
 

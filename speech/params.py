@@ -37,6 +37,8 @@ class FieldSpec:
     max_length: int | None = None
     required: bool = False
     description: str = ""
+    # OpenAI's `voice` may also be an object {"id": name} naming a stored (custom) voice.
+    id_object: bool = False
 
     def openapi(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
@@ -65,6 +67,14 @@ class FieldSpec:
                 schema["enum"] = [*schema["enum"], None]  # OpenAPI 3.0: enum must list null
         if self.description:
             schema["description"] = self.description
+        if self.id_object:
+            by_id = {
+                "type": "object",
+                "properties": {"id": {k: v for k, v in schema.items() if k != "nullable"}},
+                "required": ["id"],
+                "additionalProperties": False,
+            }
+            schema = {"oneOf": [schema, by_id], "description": schema.get("description", "")}
         return schema
 
 
@@ -128,7 +138,8 @@ SPEECH_FIELDS: tuple[FieldSpec, ...] = (
         "voice",
         "str",
         max_length=128,
-        description="OpenAI voice name, engine voice id or stored voice name",
+        description='OpenAI voice name, engine voice id or stored voice name, or {"id": name}',
+        id_object=True,
     ),
     FieldSpec(
         "response_format",
@@ -196,6 +207,14 @@ def _number(spec: FieldSpec, value: Any, *, from_form: bool) -> float | int:
 def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
     if spec.kind in ("float", "int"):
         return _number(spec, value, from_form=from_form)
+    if spec.id_object and isinstance(value, dict):
+        if set(value) != {"id"}:
+            raise _invalid(
+                spec.name,
+                f'{spec.name} as an object must be {{"id": <name>}}, '
+                f"got keys {sorted(map(str, value))[:8]}.",
+            )
+        value = value["id"]
     if not isinstance(value, str):
         raise _invalid(spec.name, f"{spec.name} must be a string.")
     if not is_text(value):

@@ -133,7 +133,7 @@ async def open_speech(
     job_kind: str = "speech",
 ) -> OpenedSpeech:
     """Start synthesis and wait for its first chunk; raises ApiError before any byte is sent."""
-    rate = encoding.output_rate(request.response_format, request.sample_rate, sse=request.sse)
+    rate = encoding.output_rate(request.response_format, request.sample_rate)
     chunks = synthesis_stream(
         text=request.text,
         model=request.model,

@@ -19,6 +19,7 @@ arguments. ``voice_map`` overrides how OpenAI voice names map onto that engine's
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 OPENAI_MODELS: tuple[str, ...] = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+# OpenAI's dated snapshots ("gpt-4o-mini-tts-2025-12-15", "tts-1-1106"): the SDKs' model type
+# lists them, so an unchanged client may send one; each is an alias of its model.
+_SNAPSHOT = re.compile(r"^(?P<model>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 
 # OpenAI voice -> eSpeak NG voice. Each is a distinct base voice / variant pair, so the thirteen
 # names (the openai SDK's list: speech_create_params.Voice) sound different; genders follow
@@ -173,6 +177,9 @@ class EngineRegistry:
             return self._models[model]
         if model in self._entries:
             return model
+        snapshot = _SNAPSHOT.match(model)
+        if snapshot and snapshot["model"] in self._models:
+            return self._models[snapshot["model"]]
         raise ModelNotFound(model)
 
     def map_voice(self, engine_name: str, voice: str | None) -> str | None:

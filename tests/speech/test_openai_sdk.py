@@ -108,6 +108,44 @@ def test_sse_events_parse_in_order(sdk, reference_seconds):
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
+def test_sse_pcm_is_24khz_like_plain_pcm(sdk, reference_seconds):
+    # OpenAI clients play SSE deltas as 24 kHz and ignore speech.audio.info: the transport
+    # must not change the rate (issue 10: it was the engine's 22,050 Hz, 9 % fast and high).
+    with sdk.audio.speech.with_streaming_response.create(
+        model="tts-1",
+        voice="alloy",
+        input=TEXT,
+        response_format="pcm",
+        extra_body={"stream_format": "sse"},
+    ) as response:
+        events = parse_sse(response.read().decode())
+    assert events[0][1]["sample_rate"] == 24000
+    pcm = b"".join(base64.b64decode(data["audio"]) for kind, data in events[1:-1])
+    assert abs(len(pcm) / 2 / 24000 - reference_seconds) < 0.05
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4o-mini-tts-2025-12-15", "gpt-4o-mini-tts-2025-03-20", "tts-1-1106"]
+)
+def test_dated_model_snapshots_are_aliases_of_their_model(sdk, reference_seconds, model):
+    body, _, _ = speak(sdk, model=model, response_format="pcm")
+    assert abs(len(body) / 2 / 24000 - reference_seconds) < 0.05
+
+
+def test_an_unknown_dated_model_is_still_refused(sdk):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.speech.create(model="gpt-9-tts-2025-12-15", voice="alloy", input=TEXT)
+    assert caught.value.response.json()["field"] == "model"
+
+
+def test_voice_as_an_object_names_the_voice(sdk, reference_seconds):
+    body, _, _ = speak(sdk, voice={"id": "alloy"}, response_format="pcm")
+    assert abs(len(body) / 2 / 24000 - reference_seconds) < 0.05
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.speech.create(model="tts-1", voice={"name": "alloy"}, input=TEXT)
+    assert caught.value.response.json()["field"] == "voice"
+
+
 def test_sse_with_a_compressed_format_carries_that_format(sdk, reference_seconds):
     with sdk.audio.speech.with_streaming_response.create(
         model="tts-1",

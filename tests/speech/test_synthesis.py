@@ -189,6 +189,9 @@ async def test_sse_reports_a_mid_stream_failure_as_an_event(scripted):
             json={
                 "input": "Fine. BREAK here.",
                 "stream_format": "sse",
+                # The engine's own rate: SSE PCM is otherwise resampled to 24 kHz, and the
+                # resampler's delay swallows this engine's 10 ms chunks before the failure.
+                "sample_rate": 8000,
                 "streaming_strategy": "word",
                 "streaming_chunk_size": 50,
             },
