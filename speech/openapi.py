@@ -45,7 +45,12 @@ SPEECH_REQUEST = _object(
 )
 VOICE_FILE = {"type": "string", "format": "binary", "description": "reference audio to clone"}
 SPEECH_UPLOAD = _object(
-    {**SPEECH_REQUEST["properties"], "voice_file": VOICE_FILE},
+    {
+        **SPEECH_REQUEST["properties"],
+        # A form field is text: {"id": name} is for JSON bodies only.
+        "voice": SPEECH_REQUEST["properties"]["voice"]["oneOf"][0],
+        "voice_file": VOICE_FILE,
+    },
     SPEECH_REQUEST["required"],
     closed=True,
 )
