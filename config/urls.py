@@ -12,6 +12,7 @@ from streams.async_views import audio_view, room_events_view
 
 urlpatterns = [
     path("audio", audio_view, name="audio"),
+    path("api/rooms", api.RoomListView.as_view(), name="room-list"),
     path("api/rooms/<str:room>", api.RoomView.as_view(), name="room"),
     path("api/rooms/<str:room>/floor", api.FloorView.as_view(), name="room-floor"),
     path("api/rooms/<str:room>/events", room_events_view, name="room-events"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -19,6 +21,7 @@ from streams.serializers import (
     ErrorSerializer,
     FloorClaimSerializer,
     FloorHeldSerializer,
+    RoomSummarySerializer,
     StateSerializer,
     StreamSerializer,
     TurnSerializer,
@@ -97,6 +100,98 @@ class RoomView(APIView):
     def get(self, request: Request, room: str) -> Response:
         services.validate_room_name(room)
         return Response(selectors.room_snapshot(room))
+
+
+def _parse_active(raw: str | None) -> bool | None:
+    """`?active=`: true/1 or false/0 (any case); absent or empty is no filter."""
+    if raw is None or raw == "":
+        return None
+    value = raw.strip().lower()
+    if value in {"1", "true"}:
+        return True
+    if value in {"0", "false"}:
+        return False
+    raise ApiError("invalid_active", "active must be true or false (1 or 0).", field="active")
+
+
+def _parse_since(raw: str | None) -> datetime | None:
+    """`?since=`: an RFC 3339 date-time (`2025-01-31T12:00:00Z`; no offset means UTC).
+
+    A moment beyond what Python's datetime holds in UTC (year 1 or 9999 with an offset) is
+    clamped to its bound, so every valid date-time is accepted."""
+    if raw is None or raw == "":
+        return None
+    text = raw.strip()
+    invalid = ApiError(
+        "invalid_since",
+        "since must be an ISO 8601 date-time such as 2025-01-31T12:00:00Z.",
+        field="since",
+    )
+    # fromisoformat alone also takes week dates, bare dates and "20250131": not date-times.
+    if len(text) > 64 or len(text) < 16 or text[4:5] != "-" or text[10:11] not in {"T", "t", " "}:
+        raise invalid
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise invalid from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return (datetime.max if moment.year == datetime.max.year else datetime.min).replace(
+            tzinfo=UTC
+        )
+
+
+class RoomListView(generics.ListAPIView):
+    serializer_class = RoomSummarySerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "active",
+                bool,
+                description="only rooms whose floor is held or a stream is live (true), "
+                "or only idle ones (false)",
+            ),
+            OpenApiParameter(
+                "since",
+                OpenApiTypes.DATETIME,
+                description="only rooms with activity at or after this moment",
+            ),
+            OpenApiParameter(
+                "ordering",
+                str,
+                enum=sorted(selectors.ROOM_ORDERINGS),
+                default="-last_activity_at",
+                description="most recent activity first by default",
+            ),
+        ],
+        summary="Rooms with their state, most recently active first",
+        responses={200: RoomSummarySerializer(many=True), 400: ErrorSerializer},
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        params = self.request.query_params
+        ordering = params.get("ordering") or "-last_activity_at"
+        if ordering not in selectors.ROOM_ORDERINGS:
+            raise ApiError(
+                "invalid_ordering",
+                f"ordering must be one of {', '.join(sorted(selectors.ROOM_ORDERINGS))}.",
+                field="ordering",
+            )
+        return selectors.rooms_listed(
+            active=_parse_active(params.get("active")),
+            since=_parse_since(params.get("since")),
+            ordering=ordering,
+        )
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(selectors.room_summaries(page))
 
 
 STREAM_STATUSES = {"streaming", "awaiting_gaps", "playing", "played", "interrupted"}

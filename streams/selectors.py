@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from streams.audio import heard_seconds
@@ -238,6 +241,112 @@ def audio_events(room: Room, *, streams: Any, up_to: int) -> list[dict[str, Any]
         .order_by("seq")
     )
     return [hydrate(event, room.name) for event in events]
+
+
+# Streams whose audio is arriving or playing: a room with one is live even when nobody holds
+# its floor (a recording takes no turn).
+LIVE_STREAM_STATUSES = (StreamStatus.STREAMING, StreamStatus.AWAITING_GAPS, StreamStatus.PLAYING)
+
+# GET /api/rooms `ordering` values and the order_by each stands for (ids break ties, so a
+# page boundary never shows a room twice or skips one).
+ROOM_ORDERINGS: dict[str, tuple[str, ...]] = {
+    "-last_activity_at": ("-last_activity_at", "-id"),
+    "last_activity_at": ("last_activity_at", "id"),
+    "room": ("name",),
+    "-room": ("-name",),
+}
+
+
+def rooms_listed(
+    *,
+    active: bool | None = None,
+    since: datetime | None = None,
+    ordering: str = "-last_activity_at",
+) -> QuerySet[Room]:
+    """GET /api/rooms: rooms annotated with `last_activity_at` (the time of their last event,
+    else their creation), `spectator_count` (open spectator sockets), `floor_held` and
+    `playing` (a stream is live), filtered and ordered.
+
+    `active` keeps only active (True) or idle (False) rooms; `since` only rooms with activity
+    at or after that aware datetime; `ordering` is a key of ROOM_ORDERINGS (KeyError otherwise:
+    the caller validates it). Each annotation is a subquery on an indexed lookup (the last
+    event by its unique (room, seq), presence by room, turns and streams by room and status).
+    """
+    last_event_at = RoomEvent.objects.filter(
+        room=OuterRef("pk"), seq=OuterRef("last_event_id")
+    ).values("created_at")[:1]
+    spectators = (
+        SpectatorPresence.objects.filter(room=OuterRef("pk"))
+        .order_by()
+        .values("room")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    floor_held = Exists(Turn.objects.filter(room=OuterRef("pk"), status__in=ACTIVE_TURN_STATUSES))
+    playing = Exists(Stream.objects.filter(room=OuterRef("pk"), status__in=LIVE_STREAM_STATUSES))
+    rooms = Room.objects.annotate(
+        last_activity_at=Coalesce(Subquery(last_event_at), F("created_at")),
+        spectator_count=Coalesce(Subquery(spectators), 0),
+        floor_held=floor_held,
+        playing=playing,
+    )
+    if active is True:
+        rooms = rooms.filter(Q(floor_held=True) | Q(playing=True))
+    elif active is False:
+        rooms = rooms.filter(floor_held=False, playing=False)
+    if since is not None:
+        rooms = rooms.filter(last_activity_at__gte=since)
+    return rooms.order_by(*ROOM_ORDERINGS[ordering])
+
+
+def room_summaries(rooms: Sequence[Room]) -> list[dict[str, Any]]:
+    """The GET /api/rooms items of rooms from `rooms_listed` (a page of them), in their order:
+    `{room, active, speaker, turn, stream, spectators, last_event_id, last_activity_at,
+    created_at}`. `turn` is the active turn (turn_as_dict) or None; `stream` the live stream
+    (`{stream_id, kind, speaker, status}`: the floor holder's if any, else the newest) or None.
+    Two queries for the whole page, whatever its size."""
+    ids = [room.pk for room in rooms]
+    turns = {
+        turn.room_id: turn
+        for turn in Turn.objects.filter(room_id__in=ids, status__in=ACTIVE_TURN_STATUSES)
+    }
+    streams: dict[int, Stream] = {}
+    live = Stream.objects.filter(room_id__in=ids, status__in=LIVE_STREAM_STATUSES).order_by(
+        "created_at", "id"
+    )
+    for stream in live:
+        current = streams.get(stream.room_id)
+        holder = turns.get(stream.room_id)
+        # The newest live stream wins, except over the floor holder's own.
+        if current is None or holder is None or current.turn_id != holder.pk:
+            streams[stream.room_id] = stream
+    items = []
+    for room in rooms:
+        turn = turns.get(room.pk)
+        stream = streams.get(room.pk)
+        items.append(
+            {
+                "room": room.name,
+                "active": turn is not None or stream is not None,
+                "speaker": turn.speaker if turn is not None else None,
+                "turn": turn_as_dict(turn) if turn is not None else None,
+                "stream": (
+                    {
+                        "stream_id": stream.stream_id,
+                        "kind": stream.kind,
+                        "speaker": stream.speaker,
+                        "status": stream.status,
+                    }
+                    if stream is not None
+                    else None
+                ),
+                "spectators": room.spectator_count,
+                "last_event_id": room.last_event_id,
+                "last_activity_at": iso(room.last_activity_at),
+                "created_at": iso(room.created_at),
+            }
+        )
+    return items
 
 
 def stale_presence_cutoff(stale_s: float) -> datetime:

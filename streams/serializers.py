@@ -412,3 +412,28 @@ class StreamSerializer(StreamFieldsSerializer):
     created_at = serializers.DateTimeField()
     finalized_at = serializers.DateTimeField(allow_null=True)
     ended_at = serializers.DateTimeField(allow_null=True)
+
+
+class RoomStreamSerializer(serializers.Serializer):
+    """The live stream a room list item names."""
+
+    stream_id = serializers.CharField()
+    kind = serializers.CharField()
+    speaker = serializers.CharField()
+    status = serializers.CharField()
+
+
+class RoomSummarySerializer(serializers.Serializer):
+    """One item of GET /api/rooms."""
+
+    room = serializers.CharField()
+    active = serializers.BooleanField(help_text="the floor is held or a stream is live")
+    speaker = serializers.CharField(allow_null=True, help_text="who holds the floor")
+    turn = TurnSerializer(allow_null=True, help_text="the active turn (claimed_at: since when)")
+    stream = RoomStreamSerializer(allow_null=True, help_text="the stream arriving or playing")
+    spectators = serializers.IntegerField(help_text="open spectator sockets")
+    last_event_id = serializers.IntegerField()
+    last_activity_at = serializers.DateTimeField(
+        help_text="when the room's last event happened (its creation before any)"
+    )
+    created_at = serializers.DateTimeField()
