@@ -25,6 +25,12 @@ and daphne's HTML error pages (500, 503, 400). Twisted no longer parses multipar
 POSTs either: daphne never uses that parse, which cost a copy of every upload on the reactor
 thread and answered a malformed one (no boundary, garbage) with the empty 400 itself.
 
+WebSockets: the cap on a client's message (`--websocket-max-message-size`, 1 MiB) is not
+applied to what the application sends (autobahn applies it both ways: a legal 1 MiB chunk's
+1.4 MB `audio_chunk` event never reached a spectator); and a client's protocol error (a text
+frame of invalid UTF-8, a message over the cap) is answered with a close frame and its code
+(1007, 1009, 1002), not a dropped TCP connection.
+
 daphne also drops the reason of an application's `websocket.close`: here it reaches the client
 with the code (`4404 not_found: ...`, `4400 invalid room`, ...).
 
@@ -175,7 +181,22 @@ class ParleyWebRequest(WebRequest):
 
 
 class ParleyWebSocketProtocol(WebSocketProtocol):
-    """daphne's WebSocket protocol, sending the close reason the application gave."""
+    """daphne's WebSocket protocol, sending the close reason the application gave, and any
+    message the application sends, whatever daphne's cap on what clients send."""
+
+    def sendMessage(self, payload: bytes, *args: Any, **kwargs: Any) -> None:
+        # autobahn checks what the server sends against maxMessagePayloadSize too, the cap
+        # on what a client may send (--websocket-max-message-size, 1 MiB): a legal 1 MiB
+        # chunk's audio_chunk event (1.4 MB of base64 and JSON) was refused, and the
+        # spectator silently got nothing more. What the application sends is sized by the
+        # request caps that made it (docs/api.md), so no cap applies to it here. The reactor
+        # runs one call at a time: no incoming frame is checked while the cap is lifted.
+        cap = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            super().sendMessage(payload, *args, **kwargs)
+        finally:
+            self.maxMessagePayloadSize = cap
 
     def handle_reply(self, message: dict[str, Any]) -> None:
         if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
@@ -229,6 +250,10 @@ class ParleyServer(Server):
     @ws_factory.setter
     def ws_factory(self, factory: WebSocketFactory) -> None:
         factory.protocol = ParleyWebSocketProtocol
+        # A client's protocol error (a text frame of invalid UTF-8, a frame over the cap)
+        # gets a close frame with its code (1007, 1009, 1002) instead of a dropped TCP
+        # connection the client cannot tell from a network fault.
+        factory.setProtocolOptions(failByDrop=False)
         self._ws_factory = factory
 
 

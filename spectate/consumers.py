@@ -91,6 +91,10 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         except Exception as exc:
             # daphne raises "send on a closed protocol" for a client that closed while
             # events were being written to it: the socket is gone, so is this consumer.
+            # Whatever else failed, the socket is closed too (a no-op if it is gone): open
+            # and fed nothing more, a client could not tell it had stopped being served.
+            with contextlib.suppress(Exception):
+                await self.base_send({"type": "websocket.close", "code": 1011})
             raise StopConsumer from exc
 
     async def connect(self) -> None:
