@@ -8,6 +8,9 @@ own beyond rendering what the server already knows at request time.
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from streams.errors import ApiError
+from streams.services import validate_room_name
+
 
 def home_page_view(request: HttpRequest) -> HttpResponse:
     """`/`: what Parley is, the live rooms (updated live) and links to every page."""
@@ -15,7 +18,14 @@ def home_page_view(request: HttpRequest) -> HttpResponse:
 
 
 def room_page_view(request: HttpRequest, room: str) -> HttpResponse:
-    """`/rooms/<room>/`: a spectator of one room (floor, timeline, transcript, audio)."""
+    """`/rooms/<room>/`: a spectator of one room (floor, timeline, transcript, audio).
+
+    A name no room can have answers 400 with the reason, on the page rather than as JSON."""
+    try:
+        validate_room_name(room)
+    except ApiError as exc:
+        context = {"page": "room", "room": room, "error": exc.detail}
+        return render(request, "web/room.html", context, status=400)
     return render(request, "web/room.html", {"page": "room", "room": room})
 
 
