@@ -16,7 +16,7 @@ from channels.utils import await_many_dispatch
 from django.utils import timezone
 
 from spectate.hub import hub
-from spectate.services import events_between, spectator_join, spectator_leave
+from spectate.services import backlog_page, events_between, spectator_join, spectator_leave
 from streams.errors import ApiError
 from streams.events import iso
 from streams.params import MAX_EVENT_ID, parse_int
@@ -115,6 +115,8 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         )
         for message in joined["messages"]:
             await self.send_json(message)
+        if backlog := joined.get("backlog"):
+            await self._send_backlog(**backlog)
         self.last_sent = joined["resume_from"]
         if joined.get("catch_up"):
             await self._catch_up(up_to=None)
@@ -162,6 +164,18 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
                 self.last_sent = message["id"]
             if not page or (up_to is not None and self.last_sent >= up_to):
                 return
+
+    async def _send_backlog(self, *, streams: list[int], up_to: int) -> None:
+        """A late joiner's audio so far, page by page: memory per join is one page, whatever
+        the backlog. Its events are older than the state sent before them and than anything
+        live (held in the inbox until this returns)."""
+        after = 0
+        while page := await runtime.run_db(
+            backlog_page, room_name=self.room, streams=streams, after=after, up_to=up_to
+        ):
+            for message in page:
+                await self.send_json(message)
+            after = page[-1]["id"]
 
     async def room_events(self, message: dict[str, Any]) -> None:
         """Live events from any worker. Late or missing ones are filled in from the log."""

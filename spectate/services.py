@@ -11,11 +11,14 @@ from streams.models import Room, SpectatorPresence, Stream, StreamKind, StreamSt
 
 
 def spectator_join(*, room_name: str, channel_name: str, after: int | None) -> dict[str, Any]:
-    """Register the socket and return what it must receive before live events.
+    """Register the socket and say what it must receive before live events.
 
-    Without `after`: a state snapshot, then the active stream's audio so far. With `after`:
-    the stored events after it. Either way `resume_from` is the id live delivery continues
-    after, so nothing is sent twice and nothing is skipped.
+    Returns `{"messages": [...], "resume_from": id}` and either `"catch_up": True` or a
+    `"backlog"`: `resume_from` is the id live delivery continues after, so nothing is sent
+    twice and nothing is skipped. With `after`: no messages, and the stored events after it
+    (catch_up, read page by page with events_between). Without: a state snapshot, and the
+    backlog `{"streams": [pk, ...], "up_to": id}` of the audio so far of the streams now
+    live, read page by page with backlog_page (a page is bounded in bytes, the backlog not).
     """
     room, _ = Room.objects.get_or_create(name=room_name)
     SpectatorPresence.objects.update_or_create(
@@ -23,25 +26,28 @@ def spectator_join(*, room_name: str, channel_name: str, after: int | None) -> d
     )
     room.refresh_from_db(fields=["last_event_id"])
     high_water = room.last_event_id
-    if after is None:
-        state = {
-            "type": "state",
-            "id": high_water,
-            "room": room.name,
-            "ts": selectors.iso(timezone.now()),
-            **selectors.room_state(room),
-        }
-        backlog = selectors.active_stream_backlog(room, up_to=high_water)
-        recordings = _recordings_backlog(room, up_to=high_water)
-        if recordings:
-            # Both are in event order; together they must be too.
-            backlog = sorted([*backlog, *recordings], key=lambda message: message["id"])
-        return {"messages": [state, *backlog], "resume_from": high_water}
-    return {"messages": [], "resume_from": min(after, high_water), "catch_up": True}
+    if after is not None:
+        return {"messages": [], "resume_from": min(after, high_water), "catch_up": True}
+    state = {
+        "type": "state",
+        "id": high_water,
+        "room": room.name,
+        "ts": selectors.iso(timezone.now()),
+        **selectors.room_state(room),
+    }
+    streams = _recording_stream_ids(room)
+    active = selectors.active_stream_id(room)
+    if active is not None:
+        streams.append(active)
+    return {
+        "messages": [state],
+        "resume_from": high_water,
+        "backlog": {"streams": streams, "up_to": high_water},
+    }
 
 
-def _recordings_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
-    """The audio so far of recordings in progress in the room.
+def _recording_stream_ids(room: Room) -> list[int]:
+    """The recordings in progress in the room whose audio a late joiner gets so far.
 
     A recording takes no turn, so the floor's backlog never names it; a stream of kind
     recording still streaming here is one (a PCM recording's own stream, or the decoded
@@ -49,8 +55,20 @@ def _recordings_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
     """
     live = Stream.objects.filter(
         room=room, kind=StreamKind.RECORDING, status=StreamStatus.STREAMING, chunk_count__gt=0
-    ).values("pk")
-    return selectors.audio_events(room, streams=live, up_to=up_to)
+    )
+    return list(live.values_list("pk", flat=True))
+
+
+def backlog_page(
+    *, room_name: str, streams: list[int], after: int, up_to: int
+) -> list[dict[str, Any]]:
+    """The next page of a late joiner's backlog: audio_chunk events of `streams` (pks) with
+    after < id <= up_to, in id order, at most selectors.EVENT_PAGE events or about
+    EVENT_PAGE_AUDIO_BYTES of audio. Empty when the backlog is done."""
+    room = Room.objects.filter(name=room_name).first()
+    if room is None or not streams:
+        return []
+    return selectors.audio_events_after(room, streams=streams, after=after, up_to=up_to)[0]
 
 
 def events_between(*, room_name: str, after: int, up_to: int | None) -> list[dict[str, Any]]:

@@ -191,6 +191,34 @@ EVENT_PAGE = 500
 EVENT_PAGE_AUDIO_BYTES = 4 * 1024 * 1024
 
 
+def _page(
+    events: QuerySet[RoomEvent], room_name: str, *, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of `events` (filtered, unordered) in id order: at most `limit` events, and no
+    more once it carries EVENT_PAGE_AUDIO_BYTES of audio. Returns (page, more).
+
+    The events are read without their audio, and only the page's chunks are read with it:
+    a page costs at most the budget plus one chunk in memory, not `limit` chunks.
+    """
+    rows = list(events.select_related("chunk").defer("chunk__data").order_by("seq")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    audio_bytes = 0
+    for index, event in enumerate(rows):
+        if index and audio_bytes >= EVENT_PAGE_AUDIO_BYTES:
+            rows, more = rows[:index], True
+            break
+        if event.chunk is not None:
+            audio_bytes += event.chunk.size
+    wanted = [e.chunk_id for e in rows if e.type == "audio_chunk" and e.chunk_id is not None]
+    if wanted:
+        data = dict(Chunk.objects.filter(pk__in=wanted).values_list("pk", "data"))
+        for event in rows:
+            if event.chunk_id in data:
+                event.chunk.data = data.pop(event.chunk_id)  # no query per event in hydrate
+    return [hydrate(event, room_name) for event in rows], more
+
+
 def events_after(
     room: Room,
     *,
@@ -204,43 +232,36 @@ def events_after(
     Returns (page, more): `more` is True when the page stopped at its count or audio budget
     before the end, so the caller must not skip past its last id.
     """
-    queryset = RoomEvent.objects.filter(room=room, seq__gt=after).select_related("chunk")
+    queryset = RoomEvent.objects.filter(room=room, seq__gt=after)
     if up_to is not None:
         queryset = queryset.filter(seq__lte=up_to)
     if types:
         queryset = queryset.filter(type__in=types)
-    page: list[dict[str, Any]] = []
-    audio_bytes = 0
-    for event in queryset.order_by("seq")[: limit + 1]:
-        if len(page) == limit or (page and audio_bytes >= EVENT_PAGE_AUDIO_BYTES):
-            return page, True
-        page.append(hydrate(event, room.name))
-        if event.chunk is not None:
-            audio_bytes += event.chunk.size
-    return page, False
+    return _page(queryset, room.name, limit=limit)
 
 
-def active_stream_backlog(room: Room, up_to: int) -> list[dict[str, Any]]:
-    """A late joiner's catch-up: the audio published so far for the stream now playing."""
+def active_stream_id(room: Room) -> int | None:
+    """The pk of the stream now playing (or still streaming) on the room's floor, if any."""
     turn = active_turn(room)
     if turn is None:
-        return []
-    stream = Stream.objects.filter(turn=turn).exclude(status=StreamStatus.INTERRUPTED).first()
-    if stream is None:
-        return []
-    return audio_events(room, streams=[stream.pk], up_to=up_to)
-
-
-def audio_events(room: Room, *, streams: Any, up_to: int) -> list[dict[str, Any]]:
-    """The stored audio_chunk events of `streams` (pks, or a queryset of them) up to an id."""
-    events = (
-        RoomEvent.objects.filter(
-            room=room, type="audio_chunk", chunk__stream__in=streams, seq__lte=up_to
-        )
-        .select_related("chunk")
-        .order_by("seq")
+        return None
+    return (
+        Stream.objects.filter(turn=turn)
+        .exclude(status=StreamStatus.INTERRUPTED)
+        .values_list("pk", flat=True)
+        .first()
     )
-    return [hydrate(event, room.name) for event in events]
+
+
+def audio_events_after(
+    room: Room, *, streams: list[int], after: int, up_to: int, limit: int = EVENT_PAGE
+) -> tuple[list[dict[str, Any]], bool]:
+    """A late joiner's audio so far, one page: the audio_chunk events of `streams` (pks)
+    with after < id <= up_to, in id order, paged like events_after. Returns (page, more)."""
+    events = RoomEvent.objects.filter(
+        room=room, type="audio_chunk", chunk__stream__in=streams, seq__gt=after, seq__lte=up_to
+    )
+    return _page(events, room.name, limit=limit)
 
 
 # Streams whose audio is arriving or playing: a room with one is live even when nobody holds
