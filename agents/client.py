@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import sys
 import time
 import wave
@@ -121,7 +122,10 @@ async def converse(url: str, *, wav: Path | None, text: str | None, out: Path | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="ws://127.0.0.1:8000/ws/agent")
+    # Where bin/serve listens: its PARLEY_HOST and PARLEY_PORT (127.0.0.1:8000).
+    host = os.environ.get("PARLEY_HOST") or "127.0.0.1"
+    port = os.environ.get("PARLEY_PORT") or "8000"
+    parser.add_argument("--url", default=f"ws://{host}:{port}/ws/agent")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--wav", type=Path, help="a 16-bit WAV file of your question")
     source.add_argument("--text", help="a typed question instead")
