@@ -199,6 +199,9 @@
     },
     audio_chunk(event) {
       const stream = streamOf(event.stream_id, event.speaker);
+      if (!stream.turnId && floor && floor.turn && floor.turn.speaker === event.speaker) {
+        stream.turnId = floor.turn.turn_id;
+      }
       stream.chunks += 1;
       const bytes = base64Bytes(event.data);
       const frames = bytes.length / (event.bytes_per_sample * event.channels);
@@ -352,11 +355,27 @@
     drawAudio();
   }
 
+  // How much of a stream this page has played by now (ms of the stream), for a cut that
+  // comes without the server's heard_ms (a forced cut publishes no text).
+  function heardHere(stream) {
+    const now = audio.ctx ? audio.ctx.currentTime : 0;
+    let heard = stream.skipUntilMs;
+    for (const chunk of state.scheduled) {
+      if (chunk.stream === stream.id) heard += clamp(now - chunk.startAt, 0, chunk.duration) * 1000;
+    }
+    return Math.round(heard);
+  }
+
   function cutStream(stream, heardMs) {
     if (heardMs !== null && heardMs !== undefined) stream.heardMs = heardMs;
+    else if (stream.heardMs === null && state.listening) stream.heardMs = heardHere(stream);
     stream.ended = true;
     if (!stream.cut) {
       stream.cut = true;
+      if (!utterances.has(stream.id)) {
+        // No text was published (a forced cut): the transcript still shows the cut reply.
+        transcriptLine(stream, { ts: new Date().toISOString(), speaker: stream.speaker, text: "(no text published)" });
+      }
       if (audio.ctx && stream.gain) {
         const now = audio.ctx.currentTime;
         stream.gain.gain.setValueAtTime(stream.gain.gain.value, now);
@@ -429,7 +448,7 @@
 
   function tickSince() {
     if (!floor || !floor.turn) {
-      ui.since.textContent = "";
+      ui.since.textContent = "—";
       return;
     }
     const held = Math.max(0, (Date.now() - Date.parse(floor.turn.claimed_at)) / 1000);
