@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.exceptions import ValidationError
 
 from chat import services
-from chat.cors import cors
 from chat.encoding import encoded, encoding_for, fixed_pieces
 from chat.say import SayIn, room_say
 from chat.serializers import (
@@ -27,6 +27,7 @@ from chat.serializers import (
 )
 from chat.synthesis import TTS_UNAVAILABLE, TTSUnavailable, open_synthesis
 from config.errors import exception_response
+from config.http_ranges import ranged_response
 from streams.auth import Speaker, authenticate, require_writer, resolve_speaker
 from streams.errors import ApiError, validation_error_body
 from streams.http import json_body, method_not_allowed
@@ -54,15 +55,17 @@ def api_error(body: dict[str, Any], status: int, *, seed: bool) -> JsonResponse:
     return JsonResponse(body, status=status)
 
 
-def endpoint(method: str, *, seed: bool) -> Callable[[View], View]:
-    """One method, and every refusal as JSON (never an HTML page or a 500 for bad input)."""
+def endpoint(method: str, *, seed: bool, head: bool = False) -> Callable[[View], View]:
+    """One method (and HEAD with `head`), and every refusal as JSON (never an HTML page or a
+    500 for bad input). CORS: config/settings/base.py, for every API path."""
+    methods = (method, "HEAD") if head else (method,)
 
     def decorate(view: View) -> View:
         @csrf_exempt
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if request.method != method:
-                return method_not_allowed(method)
+            if request.method not in methods:
+                return method_not_allowed(", ".join(methods))
             try:
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
@@ -110,7 +113,6 @@ def streaming(body, content_type: str, extra: dict[str, str] | None = None) -> H
     return response
 
 
-@cors("POST")
 @endpoint("POST", seed=True)
 async def chat_view(request: HttpRequest) -> HttpResponse:
     """POST /chat: the answer, and with use_tts its audio as a file URL or a stream URL."""
@@ -136,7 +138,6 @@ async def chat_view(request: HttpRequest) -> HttpResponse:
     return JsonResponse(services.chat_response(exchange))
 
 
-@cors("GET")
 @endpoint("GET", seed=True)
 async def audio_stream_get_view(request: HttpRequest, request_id: str) -> HttpResponse:
     """GET /audio/stream/{request_id}: the answer's WAV, 4 KB pieces, while it is synthesized."""
@@ -152,19 +153,18 @@ async def audio_stream_get_view(request: HttpRequest, request_id: str) -> HttpRe
     return response
 
 
-@cors("GET")
-@endpoint("GET", seed=True)
-async def audio_file_view(request: HttpRequest, request_id: str) -> HttpResponse:
-    """GET /audio/{request_id}.wav: the saved answer of a POST /chat with stream_audio false."""
+@endpoint("GET", seed=True, head=True)
+async def audio_file_view(request: HttpRequest, request_id: str) -> HttpResponseBase:
+    """GET /audio/{request_id}.wav: the saved answer of a POST /chat with stream_audio false,
+    with byte ranges (206) so players can seek."""
     wav = await runtime.run_db(services.chat_audio_file, request_id=request_id)
     if wav is None:
         return seed_error(AUDIO_FILE_NOT_FOUND, 404)
-    response = HttpResponse(wav, content_type="audio/wav")
-    response["Content-Disposition"] = f'inline; filename="{request_id}.wav"'
-    return response
+    return ranged_response(
+        request, wav, content_type="audio/wav", filename=f"{request_id}.wav"
+    )
 
 
-@cors("POST")
 @endpoint("POST", seed=True)
 async def audio_stream_post_view(request: HttpRequest) -> HttpResponse:
     """POST /audio/stream: any text straight to audio in `format` at `quality`, piece by piece."""

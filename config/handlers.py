@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
@@ -120,6 +121,22 @@ def preflight(scope: dict[str, Any]) -> JsonResponse | None:
     return None
 
 
+def with_cors(response: JsonResponse, scope: dict[str, Any]) -> JsonResponse:
+    """`response` with the CORS headers its request's Origin gets, for the refusals sent
+    before a request exists (so before the middleware): a page can read those too."""
+    request = HttpRequest()
+    request.method = scope.get("method", "GET")
+    request.path = request.path_info = scope["path"]
+    for name, value in scope.get("headers", ()):
+        if name == b"origin":
+            request.META["HTTP_ORIGIN"] = value.decode("latin-1")
+    _cors.add_response_headers(request, response)
+    return response
+
+
+_cors = CorsMiddleware(lambda request: HttpResponse())
+
+
 class ApiASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         from config.errors import exception_response  # config.errors imports is_api_path
@@ -140,11 +157,16 @@ class ApiASGIHandler(ASGIHandler):
         view: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = convert_exception_to_response(
             answer
         )
-        self._middleware_chain = convert_exception_to_response(InlineSecurityMiddleware(view))
+        # CORS (django-cors-headers, configured in settings): preflights answered here, the
+        # headers added to every answer, errors included, so a page can read why.
+        self._middleware_chain = convert_exception_to_response(
+            InlineSecurityMiddleware(CorsMiddleware(view))
+        )
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         refusal = preflight(scope)
         if refusal is not None:
+            with_cors(refusal, scope)
             await self.send_response(refusal, send)  # the body, if any, is never read
             return
         await super().handle(scope, receive, send)
@@ -155,7 +177,11 @@ class ApiASGIHandler(ASGIHandler):
         # Django answers a request it cannot build (undecodable path, ...) with a bare page.
         request, refusal = super().create_request(scope, body_file)
         if refusal is not None and refusal.status_code == 413:
-            return None, _refusal("body_too_large", "The request body is too large.", 413)
+            return None, with_cors(
+                _refusal("body_too_large", "The request body is too large.", 413), scope
+            )
         if refusal is not None:
-            return None, _refusal("bad_request", "The request cannot be read.", refusal.status_code)
+            return None, with_cors(
+                _refusal("bad_request", "The request cannot be read.", refusal.status_code), scope
+            )
         return request, None

@@ -1,4 +1,4 @@
-"""What a recording client declares at connect, and HTTP byte ranges. Pure: no Django here.
+"""What a recording client declares at connect. Pure: no Django here.
 
 A client records either raw PCM (its layout declared as sample_rate_hz / channels /
 bytes_per_sample, default 16000/1/2) or an encoded container that ffmpeg decodes when the
@@ -125,48 +125,3 @@ def parse_format(params: Mapping[str, Any]) -> RecordingFormat:
         bytes_per_sample=DECODED_BYTES_PER_SAMPLE,
     ).validate()
     return RecordingFormat(container=container, decode_rate_hz=rate, decode_channels=channels)
-
-
-class RangeNotSatisfiable(ValueError):
-    """The Range header asks for bytes the file does not have (HTTP 416)."""
-
-
-# Any position with more digits than this is past every file (2**63 has 19 digits); reading
-# it as a number would hit Python's int-conversion limit at 4300 digits.
-_MAX_POSITION_DIGITS = 19
-
-
-def _byte_position(digits: str) -> int:
-    """A Range position; an absurdly long one is clamped to 2**63 instead of converted."""
-    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 2**63
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """One `bytes=` range as (first, last) inclusive, or None to send the whole file.
-
-    Malformed headers and multi-range requests are ignored (RFC 9110 allows serving 200);
-    a well-formed range outside the file raises RangeNotSatisfiable.
-    """
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first_raw, dash, last_raw = spec.strip().partition("-")
-    first_raw, last_raw = first_raw.strip(), last_raw.strip()
-    if not dash or not (first_raw or last_raw):
-        return None
-    if not all(part.isascii() and part.isdigit() for part in (first_raw, last_raw) if part):
-        return None
-    if not first_raw:  # a suffix: the last N bytes
-        suffix = _byte_position(last_raw)
-        if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(header)
-        return max(0, size - suffix), size - 1
-    first = _byte_position(first_raw)
-    last = _byte_position(last_raw) if last_raw else size - 1
-    if last_raw and last < first:
-        return None  # malformed: ignored
-    if first >= size:
-        raise RangeNotSatisfiable(header)
-    return first, min(last, size - 1)

@@ -49,8 +49,11 @@ def _client_manager() -> socketio.AsyncManager | None:
 
 
 def _cors_origins() -> str | list[str]:
-    origins = settings.PARLEY_SOCKETIO_CORS_ORIGINS.strip()
-    return "*" if origins == "*" else [o.strip() for o in origins.split(",") if o.strip()]
+    # The one CORS setting of every API surface (PARLEY_CORS_ORIGINS, docs/api.md "CORS"),
+    # as django-cors-headers reads it for the HTTP API.
+    if settings.CORS_ALLOW_ALL_ORIGINS:
+        return "*"
+    return list(settings.CORS_ALLOWED_ORIGINS)
 
 
 class StreamingNamespace(socketio.AsyncNamespace):

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.http_ranges import ranged_response
 from recordings import selectors, services
-from recordings.formats import RangeNotSatisfiable, parse_range
 from recordings.models import Recording, RecordingStatus
 from recordings.serializers import RecordingSerializer
 from recordings.sessions import notify_stopped, run_blocking
@@ -28,7 +26,6 @@ from streams.serializers import ErrorSerializer
 KEY_HEADER = "X-Streaming-Key"
 # Body fields that may carry the key (`session_id` is the seed's name for it).
 KEY_FIELDS = ("streaming_key", "key", "session_id")
-READ_BLOCK = 256 * 1024
 
 
 def _key_from(request: HttpRequest) -> str | None:
@@ -100,19 +97,6 @@ def _not_found(sid: str, detail: str | None = None) -> JsonResponse:
     return JsonResponse(error.as_dict(), status=404)
 
 
-async def _file_blocks(path: Path, first: int, length: int) -> AsyncIterator[bytes]:
-    # An async iterator: Django would read a sync one whole into memory under ASGI.
-    with open(path, "rb") as handle:  # noqa: ASYNC230 - local file, opened once
-        handle.seek(first)
-        left = length
-        while left > 0:
-            block = await asyncio.to_thread(handle.read, min(READ_BLOCK, left))
-            if not block:
-                return
-            left -= len(block)
-            yield block
-
-
 def _saved_recording(sid: str) -> Recording | None:
     return (
         Recording.objects.select_related("stream", "stream__room")
@@ -126,16 +110,11 @@ def _saved_recording(sid: str) -> Recording | None:
     operation_id="recording_file",
     summary="A saved recording as WAV, with Range support (206) so players can seek",
     tags=["recordings"],
-    parameters=[OpenApiParameter("Range", str, OpenApiParameter.HEADER)],
-    responses={
-        (200, "audio/wav"): OpenApiTypes.BINARY,
-        (206, "audio/wav"): OpenApiTypes.BINARY,
-        404: ErrorSerializer,
-        416: OpenApiResponse(description="range not satisfiable"),
-    },
+    # Range, If-Range, 206 and 416: config/http_ranges.document_ranges.
+    responses={(200, "audio/wav"): OpenApiTypes.BINARY, 404: ErrorSerializer},
 )
 @csrf_exempt  # read-only: other methods get a 405, not a CSRF page
-async def audio_file_view(request: HttpRequest, sid: str) -> HttpResponse:
+async def audio_file_view(request: HttpRequest, sid: str) -> HttpResponseBase:
     """GET /static/audio/<sid>.wav: the saved WAV, with Range support so players can seek."""
     if request.method not in ("GET", "HEAD"):
         response = JsonResponse({"error": "method_not_allowed", "detail": "Use GET."}, status=405)
@@ -148,31 +127,9 @@ async def audio_file_view(request: HttpRequest, sid: str) -> HttpResponse:
         return _not_found(sid, f"Recording {sid!r} is {recording.status}; it has no file yet.")
     try:
         path = await run_blocking(services.recording_ensure_file, recording=recording)
-        size = path.stat().st_size
+        return ranged_response(request, path, content_type="audio/wav", filename=f"{sid}.wav")
     except (ApiError, OSError):
         return _not_found(sid, f"The file of recording {sid!r} could not be rebuilt.")
-    try:
-        byte_range = parse_range(request.headers.get("Range"), size)
-    except RangeNotSatisfiable:
-        response = HttpResponse(status=416)
-        response["Content-Range"] = f"bytes */{size}"
-        response["Accept-Ranges"] = "bytes"
-        return response
-    first, last = byte_range if byte_range else (0, size - 1)
-    length = last - first + 1 if size else 0
-    if request.method == "HEAD":
-        response = HttpResponse(status=206 if byte_range else 200)
-    else:
-        response = StreamingHttpResponse(
-            _file_blocks(path, first, length), status=206 if byte_range else 200
-        )
-    response["Content-Type"] = "audio/wav"
-    response["Content-Length"] = str(length)
-    response["Accept-Ranges"] = "bytes"
-    response["Content-Disposition"] = f'inline; filename="{sid}.wav"'
-    if byte_range:
-        response["Content-Range"] = f"bytes {first}-{last}/{size}"
-    return response
 
 
 STATUSES = [choice.value for choice in RecordingStatus]

@@ -19,10 +19,12 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
+from django.http.response import HttpResponseBase
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt
 
 from config.errors import exception_response
+from config.http_ranges import ranged_response
 from speech import selectors, streaming, system, voices
 from speech.services import live_job
 from speech.tts import VoiceSample
@@ -57,7 +59,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 response["Allow"] = ", ".join(methods)
                 return response
             try:
-                if settings.PARLEY_REQUIRE_AUTH and request.method != "GET":
+                if settings.PARLEY_REQUIRE_AUTH and request.method not in ("GET", "HEAD"):
                     # Synthesis costs CPU: with keys required, it is a write like POST /audio.
                     authorization = request.headers.get("Authorization")
                     require_writer(await runtime.run_db(authenticate, authorization))
@@ -265,10 +267,15 @@ async def voice_view(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
-@api_view("GET")
-async def voice_download_view(request: HttpRequest, name: str) -> HttpResponse:
-    """The stored sample as uploaded, or a short WAV preview of a preset / engine voice."""
+@api_view("GET", "HEAD")
+async def voice_download_view(request: HttpRequest, name: str) -> HttpResponseBase:
+    """The stored sample as uploaded, or a short WAV preview of a preset / engine voice, with
+    byte ranges (206) so players can seek."""
     download = await voices.voice_download(name)
-    response = HttpResponse(download.content, content_type=download.content_type)
-    response["Content-Disposition"] = f'attachment; filename="{download.filename}"'
-    return response
+    return ranged_response(
+        request,
+        download.content,
+        content_type=download.content_type,
+        filename=download.filename,
+        disposition="attachment",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.http_ranges import ranged_response
 from streams import selectors, services
 from streams.audio import wav_header
 from streams.auth import Speaker, resolve_speaker
@@ -252,12 +253,12 @@ class StreamAudioView(APIView):
         responses={(200, "audio/wav"): OpenApiTypes.BINARY, 404: ErrorSerializer},
         summary="The audio received so far, as a WAV file",
     )
-    def get(self, request: Request, stream_id: str) -> HttpResponse:
+    def get(self, request: Request, stream_id: str) -> HttpResponseBase:
         stream = _stream_or_404(stream_id)
         pieces = Chunk.objects.filter(stream=stream).order_by("seq").values_list("data", flat=True)
         audio = b"".join(bytes(piece) for piece in pieces)
-        response = HttpResponse(
-            wav_header(stream.pcm_format, len(audio)) + audio, content_type="audio/wav"
+        wav = wav_header(stream.pcm_format, len(audio)) + audio
+        # Byte ranges (206/416) and HEAD: config/http_ranges.py, like every audio URL.
+        return ranged_response(
+            request, wav, content_type="audio/wav", filename=f"{stream.stream_id}.wav"
         )
-        response["Content-Disposition"] = f'inline; filename="{stream.stream_id}.wav"'
-        return response

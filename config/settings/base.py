@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "corsheaders",
     "streams",
     "spectate",
     "speech",
@@ -54,6 +55,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # CORS on API paths only (CORS_URLS_REGEX); the API's own handler runs it too
+    # (config/handlers.py). Before CommonMiddleware, as django-cors-headers asks.
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -187,6 +191,8 @@ SPECTACULAR_SETTINGS = {
         "config.schema.add_async_endpoints",
         "speech.openapi.add_speech_endpoints",
         "agents.openapi.add_agent_endpoints",
+        # Range/If-Range, 206 and 416 on every audio URL (config/http_ranges.py).
+        "config.http_ranges.document_ranges",
         # Last: every operation's security and error answers (config/schema.py).
         "config.schema.document_access_and_errors",
     ],
@@ -198,6 +204,82 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("PARLEY_LOG_LEVEL", "WARNING")},
 }
+
+# Browser pages on other origins calling the API (docs/api.md "CORS"): the JSON/audio paths,
+# their preflights and the Socket.IO endpoint. PARLEY_CORS_ORIGINS is "*" (any page: the API
+# takes keys in headers, never cookies) or comma-separated origins (scheme://host[:port]).
+# PARLEY_CHAT_CORS_ORIGINS and PARLEY_SOCKETIO_CORS_ORIGINS are its deprecated old names.
+PARLEY_CORS_ORIGINS = (
+    os.environ.get("PARLEY_CORS_ORIGINS")
+    or os.environ.get("PARLEY_CHAT_CORS_ORIGINS")
+    or os.environ.get("PARLEY_SOCKETIO_CORS_ORIGINS")
+    or "*"
+)
+
+
+def cors_origins(value: str) -> dict:
+    """django-cors-headers' origin settings for a PARLEY_CORS_ORIGINS value."""
+    origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+    if "*" in origins:
+        return {"CORS_ALLOW_ALL_ORIGINS": True, "CORS_ALLOWED_ORIGINS": []}
+    return {"CORS_ALLOW_ALL_ORIGINS": False, "CORS_ALLOWED_ORIGINS": origins}
+
+
+_cors = cors_origins(PARLEY_CORS_ORIGINS)
+CORS_ALLOW_ALL_ORIGINS = _cors["CORS_ALLOW_ALL_ORIGINS"]
+CORS_ALLOWED_ORIGINS = _cors["CORS_ALLOWED_ORIGINS"]
+# The API paths (config/handlers.API_PREFIXES) and the schema; pages and the admin get none.
+CORS_URLS_REGEX = r"^/(?:audio|api/|v1/|chat|health|memory|streaming/|static/audio/|openapi\.json$)"
+# Request headers a page may send: JSON bodies and keys, byte ranges, the recording key, and
+# what the OpenAI JS SDK adds (openai-*, x-stainless-*). "*" admits any other non-credential
+# header in current browsers (never Authorization, hence listed).
+CORS_ALLOW_HEADERS = (
+    "accept",
+    "authorization",
+    "content-type",
+    "user-agent",
+    "x-requested-with",
+    "x-api-key",
+    "range",
+    "if-range",
+    "x-streaming-key",
+    "openai-organization",
+    "openai-project",
+    "openai-beta",
+    "idempotency-key",
+    "x-stainless-arch",
+    "x-stainless-async",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+    "x-stainless-helper-method",
+    "x-stainless-poll-helper",
+    "*",
+)
+# Response headers a page's script may read besides the CORS-safelisted ones.
+CORS_EXPOSE_HEADERS = (
+    "Accept-Ranges",
+    "Content-Range",
+    "Content-Length",
+    "Content-Disposition",
+    "ETag",
+    "Retry-After",
+    "X-Audio-Format",
+    "X-Audio-Quality",
+    "X-Bitrate",
+    "X-Bits-Per-Sample",
+    "X-Channels",
+    "X-Chunk-Size",
+    "X-Sample-Rate",
+    "X-Speech-Engine",
+    "X-Speech-Job-Id",
+    "X-Speed-Applied",
+)
+CORS_PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 
 # Parley's own knobs (documented in the README).
 PARLEY_TURN_LEASE_S = env_float("PARLEY_TURN_LEASE_S", 30.0)
@@ -243,9 +325,6 @@ PARLEY_MAX_RECORDING_S = env_float("PARLEY_MAX_RECORDING_S", 3600.0)
 PARLEY_RECORDING_IDLE_S = env_float("PARLEY_RECORDING_IDLE_S", 60.0)
 PARLEY_RECORDINGS_DIR = Path(os.environ.get("PARLEY_RECORDINGS_DIR", VAR_DIR / "recordings"))
 PARLEY_RECORDINGS_ROOM = os.environ.get("PARLEY_RECORDINGS_ROOM", "recordings")
-# Browser pages allowed to open the Socket.IO endpoint: "*" keeps existing clients working.
-PARLEY_SOCKETIO_CORS_ORIGINS = os.environ.get("PARLEY_SOCKETIO_CORS_ORIGINS", "*")
-PARLEY_CHAT_CORS_ORIGINS = os.environ.get("PARLEY_CHAT_CORS_ORIGINS", "*")  # seed 004
 
 # Speech synthesis (docs/speech.md). The default engine answers tts-1, tts-1-hd and
 # gpt-4o-mini-tts; a request picks another with model=<engine name>.

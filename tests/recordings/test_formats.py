@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from recordings.formats import RangeNotSatisfiable, RecordingFormat, parse_format, parse_range
+from recordings.formats import RecordingFormat, parse_format
 from streams.audio import FormatError, PcmFormat
+from streams.ranges import RangeNotSatisfiable, parse_range
 
 
 def test_pcm_is_the_default_at_16k_mono_16_bit():
