@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from django.http.response import HttpResponseBase
@@ -104,10 +105,10 @@ class RoomView(APIView):
 
 
 def _parse_active(raw: str | None) -> bool | None:
-    """`?active=`: true/1 or false/0 (any case); absent or empty is no filter."""
-    if raw is None or raw == "":
+    """`?active=`: true/1 or false/0 (any case); absent is no filter."""
+    if raw is None:
         return None
-    value = raw.strip().lower()
+    value = raw.lower()
     if value in {"1", "true"}:
         return True
     if value in {"0", "false"}:
@@ -115,28 +116,34 @@ def _parse_active(raw: str | None) -> bool | None:
     raise ApiError("invalid_active", "active must be true or false (1 or 0).", field="active")
 
 
+# RFC 3339's date-time: a full date, "T", a full time, and an offset ("Z" or +hh:mm).
+RFC3339_DATE_TIME = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,6})\d*)?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
 def _parse_since(raw: str | None) -> datetime | None:
-    """`?since=`: an RFC 3339 date-time (`2025-01-31T12:00:00Z`; no offset means UTC).
+    """`?since=`: an RFC 3339 date-time (`2025-01-31T12:00:00Z`, `…T13:00:00+01:00`).
 
     A moment beyond what Python's datetime holds in UTC (year 1 or 9999 with an offset) is
     clamped to its bound, so every valid date-time is accepted."""
-    if raw is None or raw == "":
+    if raw is None:
         return None
-    text = raw.strip()
     invalid = ApiError(
         "invalid_since",
-        "since must be an ISO 8601 date-time such as 2025-01-31T12:00:00Z.",
+        "since must be an RFC 3339 date-time such as 2025-01-31T12:00:00Z.",
         field="since",
     )
-    # fromisoformat alone also takes week dates, bare dates and "20250131": not date-times.
-    if len(text) > 64 or len(text) < 16 or text[4:5] != "-" or text[10:11] not in {"T", "t", " "}:
+    match = RFC3339_DATE_TIME.fullmatch(raw) if len(raw) <= 64 else None
+    if match is None:
         raise invalid
+    date, time, fraction, offset = match.groups()
+    text = f"{date}T{time}" + (f".{fraction.ljust(6, '0')}" if fraction else "")
+    text += "+00:00" if offset in {"Z", "z"} else offset
     try:
-        moment = datetime.fromisoformat(text.upper())
-    except ValueError:
+        moment = datetime.fromisoformat(text)
+    except ValueError:  # a day or hour out of range
         raise invalid from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
     try:
         return moment.astimezone(UTC)
     except OverflowError:
@@ -177,7 +184,7 @@ class RoomListView(generics.ListAPIView):
 
     def get_queryset(self):
         params = self.request.query_params
-        ordering = params.get("ordering") or "-last_activity_at"
+        ordering = params.get("ordering", "-last_activity_at")
         if ordering not in selectors.ROOM_ORDERINGS:
             raise ApiError(
                 "invalid_ordering",
