@@ -82,8 +82,23 @@
   }
 
   function showError(error) {
-    const e = error && error.error ? error : { error: "error", detail: String(error), field: null };
+    let e = error;
+    if (!(error && error.error)) {
+      // A DOMException from getUserMedia or Web Audio: NotAllowedError (permission refused),
+      // NotFoundError (no microphone), NotReadableError (in use elsewhere)...
+      const name = error && error.name ? error.name : "error";
+      e = { error: name, detail: error && error.message ? error.message : String(error), field: null };
+    }
+    if (e.error && typeof e.error === "object") {
+      // OpenAI's shape {"error": {"code", "message", "param"}}, should the API answer it.
+      e = { error: e.error.code || "error", detail: e.detail || e.error.message, field: e.field || e.error.param || null };
+    }
     state.errors.push(e);
+    if (e.error === "auth_required" || e.error === "invalid_api_key") {
+      // The key field lives in the closed settings: show it.
+      els.apiKey.closest("details").open = true;
+      els.apiKey.focus();
+    }
     const li = document.createElement("li");
     li.textContent = e.field ? `${e.error}: ${e.detail} (field ${e.field})` : `${e.error}: ${e.detail}`;
     els.errors.append(li);

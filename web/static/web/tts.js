@@ -106,7 +106,22 @@
     els.stop.disabled = !busy && name !== "playing";
   }
 
-  function showError(error) {
+  /** {error: code, detail, field} from either error shape the API answers: Parley's
+   * {"error": code, "detail", "field"} or OpenAI's {"error": {"code", "message", "param"}}. */
+  function normalizeError(body) {
+    if (body && body.error && typeof body.error === "object") {
+      const e = body.error;
+      return {
+        error: e.code || e.type || "error",
+        detail: body.detail || e.message || "",
+        field: body.field !== undefined ? body.field : e.param || null,
+      };
+    }
+    return { error: body.error, detail: body.detail || "", field: body.field || null };
+  }
+
+  function showError(raw) {
+    const error = normalizeError(raw);
     state.error = error;
     const li = document.createElement("li");
     li.textContent = error.field
@@ -118,6 +133,12 @@
     if (error.field) {
       const field = form.querySelector(`[name="${CSS.escape(error.field)}"]`);
       if (field) field.setAttribute("aria-invalid", "true");
+    }
+    if (error.error === "auth_required" || error.error === "invalid_api_key") {
+      // The key field lives in the closed settings: show it.
+      els.apiKey.closest("details").open = true;
+      els.apiKey.setAttribute("aria-invalid", "true");
+      els.apiKey.focus();
     }
   }
 
