@@ -7,16 +7,15 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from agents.models import AgentSession, Exchange
-from streams.admin import RecordAdmin
+from streams.admin import RecordAdmin, audio_player, short, short_id
 from streams.models import Stream
 
 
 def _player(stream: Stream | None) -> str:
     if stream is None or not stream.total_bytes:
         return "-"
-    url = reverse("stream-audio", args=[stream.stream_id])
     # /api/streams/{id}/audio.wav answers Range requests: the player can seek.
-    return format_html('<audio controls preload="none" src="{}"></audio>', url)
+    return audio_player(reverse("stream-audio", args=[stream.stream_id]))
 
 
 def _ms(value: int | None) -> str:
@@ -106,16 +105,13 @@ def _breakdown(obj: Exchange) -> str:
 @admin.register(AgentSession)
 class AgentSessionAdmin(RecordAdmin):
     list_display = (
-        "id",
+        "short_session_id",
         "room",
         "started_at",
         "ended_at",
         "end_reason",
         "exchange_count",
-        "turn_detection",
-        "stt_engine",
-        "tts_engine",
-        "responder",
+        "engines",
     )
     list_filter = ("end_reason", "turn_detection", "stt_engine", "tts_engine", "started_at")
     search_fields = ("id", "room__name", "user_speaker", "agent_speaker")
@@ -130,11 +126,19 @@ class AgentSessionAdmin(RecordAdmin):
     def exchange_count(self, obj: AgentSession) -> int:
         return obj.exchanges.count()
 
+    @admin.display(description="session", ordering="id")
+    def short_session_id(self, obj: AgentSession) -> str:
+        return short_id(obj.pk)
+
+    @admin.display(description="turn detection · STT · TTS · responder")
+    def engines(self, obj: AgentSession) -> str:
+        return " · ".join((obj.turn_detection, obj.stt_engine, obj.tts_engine, obj.responder))
+
 
 @admin.register(Exchange)
 class ExchangeAdmin(ExchangeColumns, RecordAdmin):
     list_display = (
-        "session",
+        "short_session",
         "index",
         "source",
         "short_transcript",
@@ -149,13 +153,17 @@ class ExchangeAdmin(ExchangeColumns, RecordAdmin):
     readonly_fields = [f.name for f in Exchange._meta.fields] + ["breakdown", "agent_audio"]
     list_select_related = ("session", "agent_stream")
 
+    @admin.display(description="session", ordering="session_id")
+    def short_session(self, obj: Exchange) -> str:
+        return short_id(obj.session_id)
+
     @admin.display(description="user said")
     def short_transcript(self, obj: Exchange) -> str:
-        return obj.transcript[:60]
+        return short(obj.transcript, 40)
 
     @admin.display(description="agent said")
     def short_reply(self, obj: Exchange) -> str:
-        return (obj.heard_text if obj.interrupted else obj.reply_text)[:60]
+        return short(obj.heard_text if obj.interrupted else obj.reply_text, 40)
 
     @admin.display(description="heard")
     def heard(self, obj: Exchange) -> str:

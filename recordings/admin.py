@@ -8,6 +8,7 @@ from django.utils.html import format_html
 
 from recordings import services
 from recordings.models import Recording, RecordingStatus
+from streams.admin import audio_player, short
 from streams.errors import ApiError
 
 
@@ -31,11 +32,10 @@ class RecordingAdmin(admin.ModelAdmin):
         "sid",
         "status",
         "transport",
-        "container",
         "speaker",
         "chunks",
         "duration",
-        "file_bytes",
+        "player",
         "created_at",
     )
     list_filter = ("status", "transport", "container", "created_at")
@@ -72,7 +72,13 @@ class RecordingAdmin(admin.ModelAdmin):
 
     @admin.display(description="streaming id", ordering="stream__stream_id")
     def sid(self, recording: Recording) -> str:
-        return recording.sid
+        return short(recording.sid, 24)
+
+    @admin.display(description="audio")
+    def player(self, recording: Recording) -> str:
+        if recording.status != RecordingStatus.COMPLETE:
+            return "-"
+        return audio_player(reverse("recording-file", args=[recording.sid]))
 
     @admin.display(description="speaker", ordering="stream__speaker")
     def speaker(self, recording: Recording) -> str:

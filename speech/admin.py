@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
 from django.utils.html import format_html
 
 from speech.models import SpeechJob, Voice
+from streams.admin import audio_player, short, short_id
 
 
 @admin.register(SpeechJob)
 class SpeechJobAdmin(admin.ModelAdmin):
+    # Jobs keep no audio (the answer streamed to its client): no player here; the streams of
+    # `say` and the agent's replies have theirs under Streams.
     list_display = (
-        "id",
+        "short_job_id",
         "created_at",
         "kind",
         "status",
         "engine",
         "voice",
-        "response_format",
-        "text_chars",
-        "progress",
-        "audio_seconds",
-        "ttfb_ms",
+        "short_text",
+        "audio_s",
+        "ttfb",
         "real_time_factor",
     )
     list_filter = (
@@ -38,6 +40,22 @@ class SpeechJobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in SpeechJob._meta.fields]
 
+    @admin.display(description="job", ordering="id")
+    def short_job_id(self, job: SpeechJob) -> str:
+        return short_id(job.pk)
+
+    @admin.display(description="text", ordering="text_chars")
+    def short_text(self, job: SpeechJob) -> str:
+        return short(job.text, 40)
+
+    @admin.display(description="audio", ordering="audio_seconds")
+    def audio_s(self, job: SpeechJob) -> str:
+        return f"{job.audio_seconds:.2f} s"
+
+    @admin.display(description="first byte", ordering="ttfb_ms")
+    def ttfb(self, job: SpeechJob) -> str:
+        return "-" if job.ttfb_ms is None else f"{job.ttfb_ms:.0f} ms"
+
     @admin.display(description="chunk")
     def progress(self, job: SpeechJob) -> str:
         return f"{job.current_chunk}/{job.total_chunks}"
@@ -48,7 +66,7 @@ class SpeechJobAdmin(admin.ModelAdmin):
 
 @admin.register(Voice)
 class VoiceAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "engine", "preset", "sample_seconds", "language", "updated_at")
+    list_display = ("name", "kind", "engine", "preset", "sample_seconds", "listen", "updated_at")
     list_filter = ("engine", "language")
     search_fields = ("name", "description", "preset")
     readonly_fields = (
@@ -69,6 +87,12 @@ class VoiceAdmin(admin.ModelAdmin):
             obj.sample_bytes = upload.size
             obj.preset = ""
         super().save_model(request, obj, form, change)
+
+    @admin.display(description="listen")
+    def listen(self, voice: Voice) -> str:
+        if not voice.sample:
+            return "-"
+        return audio_player(reverse("voice-download", args=[voice.name]))
 
     @admin.display(description="listen")
     def sample_player(self, voice: Voice) -> str:

@@ -1,9 +1,14 @@
-"""Admin: every room, turn, stream, chunk, utterance and event, with an audio player."""
+"""Admin: every room (with its timeline), turn, stream, chunk, utterance and event, with audio
+players on the lists; columns sized for a laptop screen."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from streams import selectors, services
@@ -18,6 +23,27 @@ from streams.models import (
     Turn,
     Utterance,
 )
+from streams.timeline import room_timeline
+
+
+def audio_player(url: str) -> str:
+    """A compact `<audio>` for list pages and the timeline. `preload="none"`: a page of 100
+    rows fetches nothing until a player is pressed (the audio URLs answer Range requests)."""
+    # Sized by templates/admin/base_site.html's stylesheet, to fit a table row.
+    return format_html('<audio controls preload="none" src="{}"></audio>', url)
+
+
+def short(text: object, length: int = 40) -> str:
+    """`text` cut to `length` characters with an ellipsis; the whole of it on hover."""
+    value = str(text or "")
+    if len(value) <= length:
+        return value
+    return format_html('<span title="{}">{}…</span>', value, value[: length - 1])
+
+
+def short_id(value: object) -> str:
+    """The first 8 characters of a UUID, the whole id on hover."""
+    return format_html('<code title="{}">{}</code>', value, str(value)[:8])
 
 
 class RecordAdmin(admin.ModelAdmin):
@@ -37,8 +63,41 @@ class RecordAdmin(admin.ModelAdmin):
 
 @admin.register(Room)
 class RoomAdmin(RecordAdmin):
-    list_display = ("name", "last_event_id", "created_at")
+    list_display = ("name", "timeline_link", "last_event_id", "created_at")
     search_fields = ("name",)
+    readonly_fields = ("name", "timeline_link", "last_event_id", "created_at")
+
+    def get_urls(self):
+        timeline = path(
+            "<path:object_id>/timeline/",
+            self.admin_site.admin_view(self.timeline_view),
+            name="streams_room_timeline",
+        )
+        return [timeline, *super().get_urls()]
+
+    @admin.display(description="timeline")
+    def timeline_link(self, room: Room) -> str:
+        url = reverse("admin:streams_room_timeline", args=[room.pk])
+        return format_html('<a href="{}">turns, streams, events</a>', url)
+
+    def timeline_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET …/room/<id>/timeline/[?before=<seq>]: the room's turns → streams (players) →
+        events with millisecond times, newest page of events first (streams/timeline.py)."""
+        room = get_object_or_404(Room, pk=object_id) if object_id.isdigit() else None
+        if room is None:
+            raise Http404("no such room")
+        if not self.has_view_permission(request, room):
+            raise PermissionDenied
+        before = request.GET.get("before", "")
+        timeline = room_timeline(room=room, before=int(before) if before.isdigit() else None)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "room": room,
+            "timeline": timeline,
+            "title": f"Timeline of {room.name}",
+        }
+        return TemplateResponse(request, "admin/streams/room/timeline.html", context)
 
 
 @admin.action(description="Force-release the floor (cut the speaker off)")
@@ -51,11 +110,16 @@ def force_release(modeladmin, request, queryset) -> None:
 
 @admin.register(Turn)
 class TurnAdmin(RecordAdmin):
-    list_display = ("id", "room", "speaker", "status", "reason", "claimed_at", "release_at")
+    list_display = ("short_turn_id", "room", "speaker", "status", "reason", "claimed_at")
+    list_select_related = ("room",)
     list_filter = ("status", "room", "speaker", "claimed_at")
     search_fields = ("speaker", "id")
     actions = [force_release]
     date_hierarchy = "claimed_at"
+
+    @admin.display(description="turn", ordering="id")
+    def short_turn_id(self, turn: Turn) -> str:
+        return short_id(turn.pk)
 
 
 class ChunkInline(admin.TabularInline):
@@ -70,21 +134,31 @@ class ChunkInline(admin.TabularInline):
 @admin.register(Stream)
 class StreamAdmin(RecordAdmin):
     list_display = (
-        "stream_id",
-        "kind",
+        "short_stream_id",
         "room",
         "speaker",
         "status",
         "duration",
         "chunk_count",
-        "missing",
+        "player",
         "created_at",
     )
+    list_select_related = ("room",)
     list_filter = ("status", "kind", "room", "speaker", "created_at")
     search_fields = ("stream_id", "speaker", "speech_text")
     date_hierarchy = "created_at"
     readonly_fields = ("audio_player", "duration", "missing")
     inlines = [ChunkInline]
+
+    @admin.display(description="stream", ordering="stream_id")
+    def short_stream_id(self, stream: Stream) -> str:
+        return short(stream.stream_id, 24)
+
+    @admin.display(description="audio")
+    def player(self, stream: Stream) -> str:
+        if not stream.total_bytes:
+            return "-"
+        return audio_player(reverse("stream-audio", args=[stream.stream_id]))
 
     @admin.display(description="duration")
     def duration(self, stream: Stream) -> str:
@@ -116,14 +190,27 @@ class ChunkAdmin(RecordAdmin):
 
 @admin.register(Utterance)
 class UtteranceAdmin(RecordAdmin):
-    list_display = ("room", "speaker", "text", "duration_ms", "heard_ms", "published_at")
+    list_display = ("room", "speaker", "short_text", "duration_ms", "heard_ms", "published_at")
+    list_select_related = ("room",)
     list_filter = ("room", "speaker", "created_at")
     search_fields = ("text", "speaker")
+
+    @admin.display(description="text", ordering="text")
+    def short_text(self, utterance: Utterance) -> str:
+        return short(utterance.text, 60)
 
 
 @admin.register(RoomEvent)
 class RoomEventAdmin(RecordAdmin):
-    list_display = ("room", "seq", "type", "created_at")
+    list_display = ("room", "seq", "type", "summary", "created_at")
+    list_select_related = ("room",)
+
+    @admin.display(description="speaker, input, text")
+    def summary(self, event: RoomEvent) -> str:
+        payload = event.payload
+        parts = [payload.get(k) for k in ("speaker", "name", "stream_id", "status", "text")]
+        return short(" · ".join(str(p) for p in parts if p), 60)
+
     list_filter = ("type", "room", "created_at")
     readonly_fields = ("room", "seq", "type", "payload", "chunk", "created_at")
 
