@@ -363,6 +363,8 @@
     if (key) localStorage.setItem(KEY_STORAGE, key);
     else localStorage.removeItem(KEY_STORAGE);
   });
+  // The settings are a form only so the key field is one (browsers ask that of passwords).
+  $("record-settings").addEventListener("submit", (event) => event.preventDefault());
   els.start.addEventListener("click", start);
   els.stop.addEventListener("click", stop);
   if (typeof io !== "function") {
