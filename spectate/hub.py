@@ -136,6 +136,11 @@ class RoomHub:
             for listener in list(self._rooms.get(message.get("room", ""), ())):
                 listener.deliver(message)
 
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            logger.info("channel layer subscriptions restored; rooms are live again")
+
     def _failed(self, what: str, exc: Exception) -> None:
         # One line per outage, not one per socket or retry.
         if not self._failing:
@@ -189,7 +194,7 @@ class RoomHub:
                 await layer.group_discard(room_group(room), await self._process_channel())
         missing = [room for room in rooms if room not in self._subscribed]
         if not missing:
-            self._failing = False
+            self._recovered()
             return
         results = await asyncio.gather(
             *(
@@ -199,7 +204,7 @@ class RoomHub:
             return_exceptions=True,
         )
         if not any(isinstance(result, BaseException) for result in results):
-            self._failing = False
+            self._recovered()
 
 
 hub = RoomHub()

@@ -255,7 +255,7 @@ class Runtime:
             return False
         if self._publish_failing:
             self._publish_failing = False
-            logger.warning("broadcasts resumed")
+            logger.info("broadcasts resumed")
         return True
 
     # --- timers ----------------------------------------------------------------------------

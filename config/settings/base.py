@@ -128,11 +128,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    _layer = os.environ.get("PARLEY_CHANNEL_LAYER", "channels_redis.pubsub.RedisPubSubChannelLayer")
+    if _layer == "channels_redis.pubsub.RedisPubSubChannelLayer":
+        # The same layer, logging a Redis outage once, not a traceback a second.
+        _layer = "config.channel_layer.RedisPubSubChannelLayer"
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": os.environ.get(
-                "PARLEY_CHANNEL_LAYER", "channels_redis.pubsub.RedisPubSubChannelLayer"
-            ),
+            "BACKEND": _layer,
             # A prefix per deployment lets several share one Redis (and the tests run in one).
             "CONFIG": {
                 "hosts": [REDIS_URL],
