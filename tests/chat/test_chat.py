@@ -64,7 +64,8 @@ async def test_stream_url_streams_a_wav_once_then_is_cleaned_up():
         body = await chat(client, text="say The quick brown fox.", use_tts=True, stream_audio=True)
         assert body["audio_url"] is None
         assert body["stream_url"] == f"/audio/stream/{body['request_id']}"
-        first = await asgi("GET", body["stream_url"])
+        # A page on another origin (Origin sent) may play it: CORS, tests/test_cors.py.
+        first = await asgi("GET", body["stream_url"], headers={"Origin": "https://app.example"})
         assert first.status == 200, first.body
         assert first.headers["content-type"] == "audio/wav"
         assert first.headers["cache-control"].startswith("no-cache")
