@@ -17,8 +17,10 @@ exceptions a view let out (config/errors.py: 503 when the database is down).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,6 +30,9 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.security import SecurityMiddleware
+from django.utils.deprecation import MiddlewareMixin
+
+from config.error_shapes import is_openai_path, reshape
 
 # Paths of the JSON/audio API (seeds 000-004); everything else is a page.
 API_PREFIXES = (
@@ -121,6 +126,32 @@ def preflight(scope: dict[str, Any]) -> JsonResponse | None:
     return None
 
 
+# The path of the request being answered: send_response, which sees only the response, asks
+# it. Set in handle() before Django creates the request's tasks (they copy the context).
+_request_path: ContextVar[str] = ContextVar("parley_request_path", default="")
+
+
+def openai_shaped(response: HttpResponseBase) -> None:
+    """Rewrite a JSON error `response` in OpenAI's shape (config/error_shapes.py), in place.
+
+    Done here, where every answer of an API path passes (views, the handlers' refusals, the
+    503 of a database outage, Django's own 404/413), so no error on an OpenAI-compatible
+    path can leave in the other shape.
+    """
+    if response.streaming or not response.get("Content-Type", "").startswith("application/json"):
+        return
+    try:
+        body = json.loads(response.content)  # type: ignore[attr-defined]
+    except ValueError:
+        return
+    shaped = reshape(body, response.status_code)
+    if shaped is None:
+        return
+    response.content = json.dumps(shaped).encode()  # type: ignore[attr-defined]
+    if response.has_header("Content-Length"):
+        response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
+
+
 def with_cors(response: JsonResponse, scope: dict[str, Any]) -> JsonResponse:
     """`response` with the CORS headers its request's Origin gets, for the refusals sent
     before a request exists (so before the middleware): a page can read those too."""
@@ -135,6 +166,18 @@ def with_cors(response: JsonResponse, scope: dict[str, Any]) -> JsonResponse:
 
 
 _cors = CorsMiddleware(lambda request: HttpResponse())
+
+
+class OpenAIErrorShapeMiddleware(MiddlewareMixin):
+    """The same rewrite for requests served through settings.MIDDLEWARE: Django's test
+    client, and any API path served by the pages' stack, answer as the API handler does."""
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        if response.status_code >= 400 and is_openai_path(request.path):
+            openai_shaped(response)
+        return response
 
 
 class ApiASGIHandler(ASGIHandler):
@@ -164,12 +207,18 @@ class ApiASGIHandler(ASGIHandler):
         )
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        _request_path.set(scope["path"])
         refusal = preflight(scope)
         if refusal is not None:
             with_cors(refusal, scope)
             await self.send_response(refusal, send)  # the body, if any, is never read
             return
         await super().handle(scope, receive, send)
+
+    async def send_response(self, response: HttpResponseBase, send: Any) -> None:
+        if response.status_code >= 400 and is_openai_path(_request_path.get()):
+            openai_shaped(response)
+        await super().send_response(response, send)
 
     def create_request(
         self, scope: dict[str, Any], body_file: Any

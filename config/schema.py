@@ -4,11 +4,61 @@ from __future__ import annotations
 
 from typing import Any
 
+from config.error_shapes import is_openai_path
+
 ERROR = {
     "type": "object",
     "properties": {
         "error": {"type": "string", "description": "machine-readable code"},
         "detail": {"type": "string", "description": "what is wrong, in a sentence"},
+        "field": {"type": "string", "nullable": True, "description": "the offending field"},
+    },
+    "required": ["error", "detail", "field"],
+}
+
+# The error body of the OpenAI-compatible paths (config/error_shapes.py).
+OPENAI_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "description": "OpenAI's error object (what the OpenAI SDKs read)",
+            "properties": {
+                "message": {"type": "string", "description": "what is wrong, in a sentence"},
+                "type": {
+                    "type": "string",
+                    "enum": [
+                        "invalid_request_error",
+                        "authentication_error",
+                        "permission_error",
+                        "rate_limit_error",
+                        "server_error",
+                    ],
+                },
+                "param": {"type": "string", "nullable": True, "description": "the field"},
+                "code": {"type": "string", "description": "machine-readable code"},
+            },
+            "required": ["message", "type", "param", "code"],
+        },
+        "detail": {
+            "description": "the seed system's (FastAPI's) detail: the message, or on a 422 "
+            "request-validation refusal a list of {loc, msg, type}",
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "loc": {"type": "array", "items": {"type": "string"}},
+                            "msg": {"type": "string"},
+                            "type": {"type": "string"},
+                        },
+                        "required": ["loc", "msg", "type"],
+                    },
+                },
+            ],
+        },
         "field": {"type": "string", "nullable": True, "description": "the offending field"},
     },
     "required": ["error", "detail", "field"],
@@ -242,7 +292,9 @@ def document_access_and_errors(result: dict, generator: Any, request: Any, publi
     """
     from django.conf import settings
 
-    result.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR)
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("Error", ERROR)
+    schemas["OpenAIError"] = OPENAI_ERROR
     optional, required = [{"apiKey": []}, {}], [{"apiKey": []}]
     _NAME_PATTERNS.update(_name_patterns())
     for path, item in result.get("paths", {}).items():
@@ -261,4 +313,18 @@ def document_access_and_errors(result: dict, generator: Any, request: Any, publi
             responses = operation["responses"]
             for code in codes:
                 responses.setdefault(str(code), _error_response(code))
+            if is_openai_path(path):
+                _openai_errors(responses)
     return result
+
+
+def _openai_errors(responses: dict[str, Any]) -> None:
+    """On an OpenAI-compatible path every JSON error is OpenAI's shape (config/handlers.py)."""
+    for code, response in responses.items():
+        if not code.isdigit() or int(code) < 400:
+            continue
+        media = response.get("content", {}).get("application/json")
+        if media is not None and media.get("schema", {}).get("$ref", "").endswith("/Error"):
+            response["content"] = {
+                "application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}
+            }

@@ -39,6 +39,9 @@ class FieldSpec:
     description: str = ""
     # OpenAI's `voice` may also be an object {"id": name} naming a stored (custom) voice.
     id_object: bool = False
+    # Over max_length is the server's limit, not a malformed request: 400 `<name>_too_long`
+    # (the speech endpoints answer request validation with 422, issue 10).
+    length_is_limit: bool = False
 
     def openapi(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
@@ -133,6 +136,7 @@ SPEECH_FIELDS: tuple[FieldSpec, ...] = (
         required=True,
         max_length=MAX_INPUT_CHARS,
         description="Text to convert to speech",
+        length_is_limit=True,
     ),
     FieldSpec(
         "voice",
@@ -230,10 +234,10 @@ def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
             )
         return value
     if spec.max_length is not None and len(value) > spec.max_length:
-        raise _invalid(
-            spec.name,
-            f"{spec.name} must be at most {spec.max_length} characters, got {len(value)}.",
-        )
+        detail = f"{spec.name} must be at most {spec.max_length} characters, got {len(value)}."
+        if spec.length_is_limit:
+            raise ApiError(f"{spec.name}_too_long", detail, field=spec.name)
+        raise _invalid(spec.name, detail)
     if spec.required and not value.strip():
         raise _invalid(spec.name, f"{spec.name} must contain some text.")
     return value

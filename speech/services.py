@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import functools
 import importlib.util
 import logging
@@ -58,7 +59,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from speech.jobs import ALL_JOBS_GROUP, LIVE, job_group
-from speech.models import JobStatus, SpeechJob
+from speech.models import JobStatus, SpeechJob, Voice
 from speech.params import KNOB_DEFAULTS, is_text, parse_knobs
 from speech.tts import (
     OPENAI_MODELS,
@@ -521,8 +522,6 @@ class _Plan:
 
 
 def _stored_voice(name: str) -> dict[str, Any] | None:
-    from speech.models import Voice
-
     voice = Voice.objects.filter(name=name).first()
     if voice is None:
         return None
@@ -547,11 +546,7 @@ def _engine_error(error: TTSError, *, engine_name: str, voice: str | None) -> Ap
             field="model",
         )
     if isinstance(error, VoiceNotFound):
-        return ApiError(
-            "unknown_voice",
-            f"Unknown voice {voice!r} for engine {engine_name!r}; GET /v1/voices lists them.",
-            field="voice",
-        )
+        return voice_not_found(voice, engine_name=engine_name)
     if isinstance(error, UnsupportedFeature):
         return ApiError(
             "voice_cloning_unsupported",
@@ -570,6 +565,50 @@ def _engine_error(error: TTSError, *, engine_name: str, voice: str | None) -> Ap
     if isinstance(error, SynthesisError) and error.status_code and 400 <= error.status_code < 500:
         return ApiError("upstream_rejected", str(error), field=None, status_code=400)
     return SynthesisFailed("synthesis_failed", f"Synthesis failed: {error}")
+
+
+def voice_not_found(
+    voice: str | None,
+    *,
+    engine_name: str,
+    openai: list[str] | None = None,
+    stored: list[str] | None = None,
+    engine_voices: list[str] | None = None,
+) -> ApiError:
+    """404 `voice_not_found` naming the valid voices (Chatterbox silently falls back to its
+    default voice, which its users complained about; OpenAI's own API answers 400).
+
+    The message lists OpenAI's names and the stored voices, counts the engine's own (eSpeak
+    has over 150) and suggests the names closest to the one asked for.
+    """
+    openai, stored, engine_voices = openai or [], stored or [], engine_voices or []
+    parts = []
+    if openai:
+        parts.append(f"{', '.join(openai)} (OpenAI's)")
+    if stored:
+        parts.append(f"{', '.join(stored[:20])}{' …' if len(stored) > 20 else ''} (stored)")
+    if engine_voices:
+        parts.append(f"{len(engine_voices)} {engine_name} voices")
+    detail = f"Voice {voice!r} not found for engine {engine_name!r}."
+    if parts:
+        detail += f" Valid voices: {'; '.join(parts)} (GET /v1/voices lists them all)."
+    close = difflib.get_close_matches(voice or "", [*openai, *stored, *engine_voices], n=3)
+    if close:
+        detail += f" Did you mean {' or '.join(map(repr, close))}?"
+    return ApiError("voice_not_found", detail, field="voice", status_code=404)
+
+
+def _voice_names(engine: TTSEngine) -> dict[str, list[str]]:
+    """The valid voices of a synthesis on `engine`, by kind (database: call off the loop)."""
+    try:
+        own = [info.id for info in engine.voices()]
+    except TTSError:  # a remote engine that cannot list them now
+        own = []
+    return {
+        "openai": list(OPENAI_VOICE_TO_ESPEAK),
+        "stored": list(Voice.objects.order_by("name").values_list("name", flat=True)[:200]),
+        "engine_voices": own,
+    }
 
 
 async def _plan(
@@ -617,6 +656,9 @@ async def _plan(
             field="voice",
             status_code=422,
         ) from None
+    except VoiceNotFound:
+        names = await runtime.run_db(_voice_names, engine)
+        raise voice_not_found(voice, engine_name=engine_name, **names) from None
     except TTSError as error:
         raise _engine_error(error, engine_name=engine_name, voice=voice) from None
     except ValueError as error:
@@ -628,7 +670,7 @@ async def voice_check(*, voice: str | None, model: str | None = None) -> dict[st
     """Resolve `voice` (and `model`) as a synthesis would, without synthesizing.
 
     Returns ``{"engine": <engine name>, "voice": <engine voice id>}``; raises the ApiError a
-    synthesis would (``voice_not_found``/``unknown_voice`` with field ``voice``,
+    synthesis would (``voice_not_found`` 404 with field ``voice``,
     ``engine_unavailable`` 503, ...). Used by surfaces that accept a voice long before they
     speak (the voice agent's ``session.update``).
     """
@@ -671,7 +713,7 @@ def _check_args(text: str, speed: float, sample_rate: int | None) -> None:
         )
     if len(text) > MAX_SERVICE_CHARS:
         raise ApiError(
-            "invalid_input", f"input is longer than {MAX_SERVICE_CHARS} characters.", field="input"
+            "input_too_long", f"input is longer than {MAX_SERVICE_CHARS} characters.", field="input"
         )
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4:
         raise ApiError("invalid_speed", "speed must be between 0.25 and 4.0.", field="speed")

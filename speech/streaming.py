@@ -21,7 +21,7 @@ from typing import Any
 from speech import encoding
 from speech.params import KNOB_NAMES, SPEECH_FIELDS, parse_fields
 from speech.services import LiveJob, SpeechChunk, synthesis_stream
-from speech.tts import VoiceSample
+from speech.tts import VoiceSample, has_speech
 from streams.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,18 @@ async def open_speech(
     voice_sample: VoiceSample | None = None,
     job_kind: str = "speech",
 ) -> OpenedSpeech:
-    """Start synthesis and wait for its first chunk; raises ApiError before any byte is sent."""
+    """Start synthesis and wait for its first chunk; raises ApiError before any byte is sent.
+
+    Input with nothing to say (only punctuation, spaces, zero-width or control characters)
+    is 422 `no_audio`: an engine would answer it with silence (eSpeak: 0.3 s of it).
+    """
+    if not has_speech(request.text):
+        raise ApiError(
+            "no_audio",
+            "input has nothing to say: only punctuation, spaces, zero-width or control characters.",
+            field="input",
+            status_code=422,
+        )
     rate = encoding.output_rate(request.response_format, request.sample_rate)
     chunks = synthesis_stream(
         text=request.text,

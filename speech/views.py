@@ -4,6 +4,7 @@ views); each parses, calls one service and wraps the result."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -23,6 +24,7 @@ from django.http.response import HttpResponseBase
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.csrf import csrf_exempt
 
+from config.error_shapes import openai_error, validation_detail
 from config.errors import exception_response
 from config.http_ranges import ranged_response
 from speech import selectors, streaming, system, voices
@@ -37,12 +39,35 @@ logger = logging.getLogger(__name__)
 View = Callable[..., Awaitable[HttpResponse]]
 
 
-def _error(exc: ApiError) -> JsonResponse:
+# Refusals of the request's own fields or body: "request validation" in FastAPI's terms.
+_VALIDATION = re.compile(r"^(?:missing_|invalid_|malformed_)|^unknown_field$")
+
+
+def _error(exc: ApiError, *, validation_status: int = 400) -> JsonResponse:
+    """The JSON answer to `exc` (config/handlers.py puts it in OpenAI's shape on /v1/...).
+
+    With `validation_status=422` (the synthesis endpoints, as the seed's FastAPI system
+    answers) a refused field or body is 422 with FastAPI's `detail` list; a limit (a text
+    over the maximum) stays 400.
+    """
+    if validation_status != 400 and exc.status_code == 400 and _VALIDATION.match(exc.code):
+        body = openai_error(
+            exc.code,
+            exc.detail,
+            validation_status,
+            param=exc.field,
+            detail=validation_detail(exc.code, exc.detail, exc.field),
+            **exc.extra,
+        )
+        return JsonResponse(body, status=validation_status)
     return JsonResponse(exc.as_dict(), status=exc.status_code)
 
 
-def api_view(*methods: str) -> Callable[[View], View]:
-    """Method check, ApiError -> JSON, and no unexpected exception leaves as an HTML 500."""
+def api_view(*methods: str, validation_status: int = 400) -> Callable[[View], View]:
+    """Method check, ApiError -> JSON, and no unexpected exception leaves as an HTML 500.
+
+    `validation_status`: the status of a refused field or body (see `_error`).
+    """
 
     def decorate(view: View) -> View:
         @csrf_exempt
@@ -65,7 +90,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                     require_writer(await runtime.run_db(authenticate, authorization))
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
-                return _error(exc)
+                return _error(exc, validation_status=validation_status)
             except RequestDataTooBig:
                 return _error(
                     ApiError("body_too_large", "The request body is too large.", status_code=413)
@@ -151,7 +176,7 @@ async def _speak(
     return response
 
 
-@api_view("POST")
+@api_view("POST", validation_status=422)
 async def speech_view(request: HttpRequest) -> HttpResponse:
     """POST /v1/audio/speech: OpenAI-compatible speech, streamed (audio or SSE)."""
     return await _speak(
@@ -159,7 +184,7 @@ async def speech_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@api_view("POST")
+@api_view("POST", validation_status=422)
 async def speech_stream_view(request: HttpRequest) -> HttpResponse:
     """POST /v1/audio/speech/stream: one continuous WAV."""
     return await _speak(
@@ -167,7 +192,7 @@ async def speech_stream_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@api_view("POST")
+@api_view("POST", validation_status=422)
 async def speech_upload_view(request: HttpRequest) -> HttpResponse:
     """POST /v1/audio/speech/upload: like /v1/audio/speech, multipart with voice_file."""
     fields, sample, from_form = _form_body(request)
@@ -176,7 +201,7 @@ async def speech_upload_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@api_view("POST")
+@api_view("POST", validation_status=422)
 async def speech_stream_upload_view(request: HttpRequest) -> HttpResponse:
     """POST /v1/audio/speech/stream/upload: continuous WAV, multipart with voice_file."""
     fields, sample, from_form = _form_body(request)

@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from streams import selectors
 from streams.models import RoomEvent, Stream
 from tests.conftest import pcm
+from tests.support.errors import flat_error
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TENTH = pcm(0.1)
@@ -16,7 +17,7 @@ TENTH = pcm(0.1)
 def error_of(response, status: int) -> dict:
     assert response.status_code == status, response.content
     assert response["Content-Type"].startswith("application/json"), response.content
-    return response.json()
+    return flat_error(response.json(), response.request["PATH_INFO"])
 
 
 def test_floor_delete_with_a_body_that_is_not_an_object(client):

@@ -54,6 +54,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: errors on OpenAI-compatible paths in OpenAI's shape (config/error_shapes.py),
+    # as the API's own handler answers them.
+    "config.handlers.OpenAIErrorShapeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # CORS on API paths only (CORS_URLS_REGEX); the API's own handler runs it too
     # (config/handlers.py). Before CommonMiddleware, as django-cors-headers asks.

@@ -27,7 +27,7 @@ from .registry import (
     ResolvedEngine,
     build_engine,
 )
-from .text import STRATEGIES, TextSpan, sentence_spans, split_spans, split_text
+from .text import STRATEGIES, TextSpan, has_speech, sentence_spans, split_spans, split_text
 
 __all__ = [
     "OPENAI_MODELS",
@@ -50,6 +50,7 @@ __all__ = [
     "VoiceSample",
     "astream",
     "build_engine",
+    "has_speech",
     "sentence_spans",
     "split_spans",
     "split_text",

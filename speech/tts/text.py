@@ -17,6 +17,7 @@ and ``paragraph`` keep a unit whole when it fits and only then fall back to fine
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -190,3 +191,11 @@ def sentence_spans(text: str) -> list[TextSpan]:
         TextSpan(start, end, text[start:end])
         for start, end in _sentence_units(text, 0, len(text), len(text))
     ]
+
+
+def has_speech(text: str) -> bool:
+    """Whether `text` has anything an engine can say: a letter, a digit or a symbol
+    (Unicode categories L*, N*, S*). Only punctuation, spaces, zero-width and control
+    characters are silence, which the speech API refuses as `no_audio` instead of sending it.
+    """
+    return any(unicodedata.category(char)[0] in "LNS" for char in text)

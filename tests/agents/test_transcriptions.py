@@ -32,6 +32,7 @@ from agents import transcription
 from agents.engines.stt import Segment, Transcript
 from agents.stt import get_stt
 from streams.errors import ApiError
+from tests.support.errors import flat_error
 from tests.support.servers import PROJECT_ROOT, DaphneProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -125,10 +126,9 @@ async def transcribe(path: Path, **fields: Any) -> Any:
 
 
 def error_of(response: Any) -> dict[str, Any]:
+    """The error body in OpenAI's shape (an OpenAI path), flattened to code/detail/field."""
     assert response["Content-Type"] == "application/json", response.content
-    body = json.loads(response.content)
-    assert set(body) >= {"error", "detail", "field"}, body
-    return body
+    return flat_error(json.loads(response.content), URL)
 
 
 # --- formats in -------------------------------------------------------------------------------
@@ -645,6 +645,7 @@ async def test_a_chunked_upload_is_transcribed(audio):
 async def test_a_chunked_upload_over_the_limit_is_413(settings):
     settings.PARLEY_STT_MAX_BYTES = 10_000  # + 64 KiB of room: 100 kB passes both
     status, payload = await chunked_post(multipart(bytes(100_000), model="whisper-1"))
+    payload = flat_error(payload, URL)
     assert (status, payload["error"], payload["field"]) == (413, "file_too_large", "file")
     assert "without a Content-Length" in payload["detail"]
 
@@ -653,6 +654,7 @@ async def test_a_chunked_upload_over_the_limit_is_413(settings):
 async def test_an_invalid_content_length_is_400(audio):
     body = multipart(audio["wav"].read_bytes(), model="whisper-1")
     status, payload = await chunked_post(body, [(b"content-length", b"lots")])
+    payload = flat_error(payload, URL)
     assert (status, payload["error"], payload["field"]) == (
         400,
         "invalid_content_length",

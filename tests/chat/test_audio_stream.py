@@ -119,17 +119,18 @@ async def test_voice_and_speed_pass_through():
         ({"text": "hi", "format": None}, "format", "invalid_format"),
         ({"text": "hi", "quality": "ultra"}, "quality", "invalid_choice"),
         ({"text": "hi", "speed": 9}, "speed", "invalid_speed"),
-        ({"text": "hi", "voice": "no-such-voice"}, "voice", "unknown_voice"),
+        ({"text": "hi", "voice": "no-such-voice"}, "voice", "voice_not_found"),
         ({"text": "hi", "bitrate": "320k"}, "bitrate", "invalid_bitrate"),
         (["hi"], None, "malformed_json"),
     ],
 )
 async def test_bad_input_is_a_json_error_with_the_field(body, field, error):
     exchange = await asgi("POST", "/audio/stream", body)
-    assert exchange.status == 400, exchange.body
+    status = 404 if error == "voice_not_found" else 400
+    assert exchange.status == status, exchange.body
     answer = exchange.json()
     assert (answer["error"], answer["field"]) == (error, field)
-    assert answer["detail"] and answer["code"] == "HTTP_400"
+    assert answer["detail"] and answer["code"] == f"HTTP_{status}"
 
 
 async def test_no_engine_is_503(broken_tts):

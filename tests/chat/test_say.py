@@ -165,8 +165,9 @@ async def test_bad_voice_is_refused_before_any_turn():
             "/api/rooms/say-r4/say",
             json={"speaker": "npc", "text": "Hi.", "voice": "no-such-voice"},
         )
-    assert response.status_code == 400
-    assert (response.json()["error"], response.json()["field"]) == ("unknown_voice", "voice")
+    assert response.status_code == 404
+    assert (response.json()["error"], response.json()["field"]) == ("voice_not_found", "voice")
+    assert "alloy" in response.json()["detail"]  # the valid names, in the message
     assert await spectator.receive_nothing(timeout=0.2)
     await spectator.disconnect()
 

@@ -19,6 +19,7 @@ from speech.models import SpeechJob, Voice
 from speech.params import KNOB_FIELDS
 from streams.runtime import runtime
 from tests.speech.audio import sample_wav
+from tests.support.errors import flat_error
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("drain_recorders")]
 
@@ -80,7 +81,7 @@ async def test_voice_crud_with_a_sample_file_and_its_download(cloning):
             "/v1/audio/speech", json={"input": "Hi.", "voice": "me2", "model": "espeak"}
         )
         assert refused.status_code == 422
-        assert refused.json()["error"] == "voice_cloning_unsupported"
+        assert flat_error(refused.json())["error"] == "voice_cloning_unsupported"
         assert refused.json()["field"] == "voice"
         assert "me2" in refused.json()["detail"] and "espeak" in refused.json()["detail"]
         assert (await client.delete("/v1/voices/me2")).status_code == 204
@@ -137,14 +138,17 @@ async def test_multipart_patch_changes_the_voice_like_json_does(cloning):
         unknown_json = await client.patch("/v1/voices/mp", json={"colour": "red"})
         stored = (await client.get("/v1/voices/mp")).json()
     assert garbage.status_code == 400
-    assert (garbage.json()["error"], garbage.json()["field"]) == (
+    assert (flat_error(garbage.json())["error"], garbage.json()["field"]) == (
         "invalid_voice_file",
         "voice_file",
     )
     # the same refusal as the JSON PATCH gives
     assert unknown.status_code == unknown_json.status_code == 400
     assert unknown.json() == unknown_json.json()
-    assert unknown.json()["error"] == "unknown_field" and unknown.json()["field"] == "colour"
+    assert (
+        flat_error(unknown.json())["error"] == "unknown_field"
+        and unknown.json()["field"] == "colour"
+    )
     # refusals changed nothing
     assert stored["description"] == "urlencoded" and stored["sample"]["filename"] == "two.wav"
 
@@ -193,7 +197,10 @@ async def test_a_sample_voice_for_an_engine_that_cannot_clone_is_refused(cloning
         )
         assert refused.status_code == 422
         body = refused.json()
-        assert (body["error"], body["field"]) == ("voice_cloning_unsupported", "voice_file")
+        assert (flat_error(body)["error"], body["field"]) == (
+            "voice_cloning_unsupported",
+            "voice_file",
+        )
         assert "'espeak'" in body["detail"] and "clone" in body["detail"]
         assert (await client.get("/v1/voices/flat")).status_code == 404
         created = await client.post(
@@ -219,9 +226,12 @@ async def test_duplicate_names_and_built_in_voices_are_conflicts():
     async with http() as client:
         assert (await client.post("/v1/voices", json={"name": "a", "preset": "en-us"})).is_success
         again = await client.post("/v1/voices", json={"name": "a", "preset": "en-us"})
-        assert again.status_code == 409 and again.json()["error"] == "voice_exists"
+        assert again.status_code == 409 and flat_error(again.json())["error"] == "voice_exists"
         built_in = await client.delete("/v1/voices/en-us")
-        assert built_in.status_code == 409 and built_in.json()["error"] == "read_only_voice"
+        assert (
+            built_in.status_code == 409
+            and flat_error(built_in.json())["error"] == "read_only_voice"
+        )
         assert (await client.delete("/v1/voices/nobody")).status_code == 404
 
 
@@ -259,7 +269,9 @@ async def test_progress_has_the_seed_shape_while_running_and_after():
         missing = await client.get("/v1/status/progress/00000000-0000-0000-0000-000000000000")
         assert missing.status_code == 404 and missing.json()["field"] == "job_id"
         invalid = await client.get("/v1/status/progress/not-a-uuid")
-        assert invalid.status_code == 400 and invalid.json()["error"] == "invalid_job_id"
+        assert (
+            invalid.status_code == 400 and flat_error(invalid.json())["error"] == "invalid_job_id"
+        )
 
 
 async def test_progress_is_pushed_to_websocket_subscribers():
@@ -314,7 +326,7 @@ async def test_models_say_per_engine_what_every_knob_does():
         assert knobs <= covered, (model["id"], knobs - covered)
         assert not set(params["effective"]) & set(params["accepted_without_effect"])
     assert single.json()["engine"] == "espeak" and single.json()["voice_cloning"] is False
-    assert missing.status_code == 404 and missing.json()["error"] == "model_not_found"
+    assert missing.status_code == 404 and flat_error(missing.json())["error"] == "model_not_found"
 
 
 async def test_health_and_memory():
@@ -434,7 +446,7 @@ async def test_with_keys_required_synthesis_and_voice_writes_need_one(settings):
         )
         voice = await client.post("/v1/voices", json={"name": "v", "preset": "en-us"})
         listed = await client.get("/v1/voices")
-    assert refused.status_code == 401 and refused.json()["error"] == "auth_required"
-    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_api_key"
+    assert refused.status_code == 401 and flat_error(refused.json())["error"] == "auth_required"
+    assert wrong.status_code == 401 and flat_error(wrong.json())["error"] == "invalid_api_key"
     assert allowed.status_code == 200 and allowed.content[:4] == b"RIFF"
     assert voice.status_code == 401 and listed.status_code == 200

@@ -9,6 +9,7 @@ import struct
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
+from unittest.mock import ANY
 
 import httpx
 import openai
@@ -19,6 +20,20 @@ from tests.tts.test_openai_compat import Script
 
 TEXT = "The quick brown fox jumps over the lazy dog. Then it runs far away into the woods."
 FORMATS = ["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+def validation_error(code: str, message: str, field: str | None) -> dict:
+    """The body of a 422 on the speech endpoints: OpenAI's error object and FastAPI's detail."""
+    return {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": field,
+            "code": code,
+        },
+        "detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}],
+        "field": field,
+    }
 
 
 def speak(sdk: openai.OpenAI, **fields) -> tuple[bytes, httpx.Headers, list[int]]:
@@ -135,15 +150,41 @@ def test_dated_model_snapshots_are_aliases_of_their_model(sdk, reference_seconds
 def test_an_unknown_dated_model_is_still_refused(sdk):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.audio.speech.create(model="gpt-9-tts-2025-12-15", voice="alloy", input=TEXT)
-    assert caught.value.response.json()["field"] == "model"
+    assert (caught.value.code, caught.value.param) == ("unknown_model", "model")
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\u200d\ufeff", "\x07", "...", " — "])
+def test_input_with_nothing_to_say_is_no_audio_not_silence(sdk, text):
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        sdk.audio.speech.create(model="tts-1", voice="alloy", input=text)
+    assert (caught.value.code, caught.value.param) == ("no_audio", "input")
+
+
+def test_an_unknown_voice_is_404_naming_the_valid_voices(sdk):
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.audio.speech.create(model="tts-1", voice="no-such-voice", input=TEXT)
+    error = caught.value
+    assert (error.code, error.param, error.type) == (
+        "voice_not_found",
+        "voice",
+        "invalid_request_error",
+    )
+    message = error.response.json()["error"]["message"]
+    assert "'no-such-voice'" in message
+    assert all(name in message for name in ("alloy", "nova", "espeak voices")), message
+    assert "GET /v1/voices" in message
+    close = sdk.audio.speech.create  # a near miss gets a suggestion
+    with pytest.raises(openai.NotFoundError) as caught:
+        close(model="tts-1", voice="en-uss", input=TEXT)
+    assert "Did you mean 'en-us'" in caught.value.response.json()["error"]["message"]
 
 
 def test_voice_as_an_object_names_the_voice(sdk, reference_seconds):
     body, _, _ = speak(sdk, voice={"id": "alloy"}, response_format="pcm")
     assert abs(len(body) / 2 / 24000 - reference_seconds) < 0.05
-    with pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
         sdk.audio.speech.create(model="tts-1", voice={"name": "alloy"}, input=TEXT)
-    assert caught.value.response.json()["field"] == "voice"
+    assert (caught.value.code, caught.value.param) == ("invalid_voice", "voice")
 
 
 def test_sse_with_a_compressed_format_carries_that_format(sdk, reference_seconds):
@@ -256,38 +297,47 @@ def test_openai_engine_forwards_only_the_knobs_given(sdk, standin):
 @pytest.mark.parametrize(
     ("fields", "status", "field"),
     [
-        ({"input": ""}, 400, "input"),
-        ({"input": "   "}, 400, "input"),
+        ({"input": ""}, 422, "input"),
+        ({"input": "   "}, 422, "input"),
         ({"input": "x" * 4097}, 400, "input"),
-        ({"speed": 0.1}, 400, "speed"),
-        ({"speed": 4.5}, 400, "speed"),
-        ({"response_format": "ogg"}, 400, "response_format"),
+        ({"speed": 0.1}, 422, "speed"),
+        ({"speed": 4.5}, 422, "speed"),
+        ({"response_format": "ogg"}, 422, "response_format"),
         ({"model": "tts-9"}, 400, "model"),
-        ({"voice": "no-such-voice"}, 400, "voice"),
-        ({"extra_body": {"stream_format": "video"}}, 400, "stream_format"),
-        ({"extra_body": {"sample_rate": 7999}}, 400, "sample_rate"),
-        ({"extra_body": {"sample_rate": "fast"}}, 400, "sample_rate"),
-        ({"extra_body": {"exaggeration": 2.5}}, 400, "exaggeration"),
-        ({"extra_body": {"cfg_weight": -0.1}}, 400, "cfg_weight"),
-        ({"extra_body": {"temperature": 0.01}}, 400, "temperature"),
-        ({"extra_body": {"streaming_chunk_size": 49}}, 400, "streaming_chunk_size"),
-        ({"extra_body": {"streaming_chunk_size": 100.5}}, 400, "streaming_chunk_size"),
-        ({"extra_body": {"streaming_strategy": "line"}}, 400, "streaming_strategy"),
-        ({"extra_body": {"streaming_buffer_size": 11}}, 400, "streaming_buffer_size"),
-        ({"extra_body": {"streaming_quality": "best"}}, 400, "streaming_quality"),
-        ({"extra_body": {"speed": True}}, 400, "speed"),
-        ({"extra_body": {"unknown_knob": 1}}, 400, "unknown_knob"),
+        ({"voice": "no-such-voice"}, 404, "voice"),
+        ({"extra_body": {"stream_format": "video"}}, 422, "stream_format"),
+        ({"extra_body": {"sample_rate": 7999}}, 422, "sample_rate"),
+        ({"extra_body": {"sample_rate": "fast"}}, 422, "sample_rate"),
+        ({"extra_body": {"exaggeration": 2.5}}, 422, "exaggeration"),
+        ({"extra_body": {"cfg_weight": -0.1}}, 422, "cfg_weight"),
+        ({"extra_body": {"temperature": 0.01}}, 422, "temperature"),
+        ({"extra_body": {"streaming_chunk_size": 49}}, 422, "streaming_chunk_size"),
+        ({"extra_body": {"streaming_chunk_size": 100.5}}, 422, "streaming_chunk_size"),
+        ({"extra_body": {"streaming_strategy": "line"}}, 422, "streaming_strategy"),
+        ({"extra_body": {"streaming_buffer_size": 11}}, 422, "streaming_buffer_size"),
+        ({"extra_body": {"streaming_quality": "best"}}, 422, "streaming_quality"),
+        ({"extra_body": {"speed": True}}, 422, "speed"),
+        ({"extra_body": {"unknown_knob": 1}}, 422, "unknown_knob"),
     ],
 )
 def test_every_bad_input_is_a_json_error_naming_the_field(sdk, fields, status, field):
     request = {"model": "tts-1", "voice": "alloy", "input": TEXT, **fields}
     with pytest.raises(openai.APIStatusError) as caught:
         sdk.audio.speech.create(**request)
-    response = caught.value.response
-    assert response.status_code == status
-    body = response.json()
+    error = caught.value
+    assert error.status_code == status
+    # What an OpenAI client shows: OpenAI's error object, with Parley's explanation.
+    body = error.response.json()
+    assert (error.param, error.type) == (field, "invalid_request_error")
+    assert error.code == body["error"]["code"] and error.code
+    assert body["error"]["message"] in error.message and len(body["error"]["message"]) > 20
     assert body["field"] == field
-    assert body["error"] and body["detail"]
+    if status == 422:  # the seed system's FastAPI validation detail, beside OpenAI's error
+        assert body["detail"] == [
+            {"loc": ["body", field], "msg": body["error"]["message"], "type": ANY}
+        ]
+    else:
+        assert body["detail"] == body["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -306,12 +356,10 @@ def test_a_lone_surrogate_is_refused_in_validation_naming_the_field(daphne, fiel
         headers={"Content-Type": "application/json"},
     )
     field = next(name for name, value in fields.items() if "\\u" in json.dumps(value))
-    assert response.status_code == 400
-    assert response.json() == {
-        "error": f"invalid_{field}",
-        "detail": f"{field} is not valid Unicode text (a lone surrogate).",
-        "field": field,
-    }
+    assert response.status_code == 422
+    assert response.json() == validation_error(
+        f"invalid_{field}", f"{field} is not valid Unicode text (a lone surrogate).", field
+    )
 
 
 @pytest.mark.parametrize(
@@ -332,33 +380,34 @@ def test_a_nul_character_is_refused_in_validation_naming_the_field(daphne, field
         headers={"Content-Type": "application/json"},
     )
     field = next(name for name, value in fields.items() if "\x00" in value)
-    assert response.status_code == 400
-    assert response.json() == {
-        "error": f"invalid_{field}",
-        "detail": f"{field} must not contain NUL characters.",
-        "field": field,
-    }
+    assert response.status_code == 422
+    assert response.json() == validation_error(
+        f"invalid_{field}", f"{field} must not contain NUL characters.", field
+    )
 
 
 @pytest.mark.parametrize(
     ("content", "headers", "status", "error"),
     [
-        (b"{not json", {"Content-Type": "application/json"}, 400, "malformed_json"),
-        (b"[1, 2]", {"Content-Type": "application/json"}, 400, "malformed_json"),
+        (b"{not json", {"Content-Type": "application/json"}, 422, "malformed_json"),
+        (b"[1, 2]", {"Content-Type": "application/json"}, 422, "malformed_json"),
         (b"input=hi", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
-        (b'{"voice": "alloy"}', {"Content-Type": "application/json"}, 400, "missing_input"),
+        (b'{"voice": "alloy"}', {"Content-Type": "application/json"}, 422, "missing_input"),
     ],
 )
 def test_malformed_bodies_are_json_errors(daphne, content, headers, status, error):
     response = httpx.post(f"{daphne.url}/v1/audio/speech", content=content, headers=headers)
     assert response.status_code == status
-    assert response.json()["error"] == error
+    assert response.json()["error"]["code"] == error
+    kinds = {"malformed_json": "json_invalid", "missing_input": "missing"}
+    if error in kinds:
+        assert response.json()["detail"][0]["type"] == kinds[error]
 
 
 def test_wrong_method_is_a_json_405(daphne):
     response = httpx.get(f"{daphne.url}/v1/audio/speech")
     assert response.status_code == 405
-    assert response.json()["error"] == "method_not_allowed"
+    assert response.json()["error"]["code"] == "method_not_allowed"
     assert response.headers["allow"] == "POST"
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.speech.audio import sample_wav
+from tests.support.errors import flat_error
 from tests.tts.test_openai_compat import Script
 
 
@@ -21,7 +22,9 @@ def test_an_engine_that_cannot_clone_refuses_the_file(daphne, path):
     )
     assert response.status_code == 422
     body = response.json()
-    assert body["error"] == "voice_cloning_unsupported" and body["field"] == "voice_file"
+    assert (
+        flat_error(body)["error"] == "voice_cloning_unsupported" and body["field"] == "voice_file"
+    )
     assert "espeak" in body["detail"] and "clone" in body["detail"]
 
 
@@ -55,13 +58,13 @@ def test_stream_upload_without_a_file_is_a_wav_stream(daphne):
 @pytest.mark.parametrize(
     ("data", "files", "status", "field"),
     [
-        ({"input": "x", "speed": "fast"}, None, 400, "speed"),
-        ({"input": "x", "exaggeration": "9"}, None, 400, "exaggeration"),
-        ({"input": "x"}, {"voice_file": ("e.wav", b"", "audio/wav")}, 400, "voice_file"),
-        ({"input": "x"}, {"other": ("e.wav", b"abc", "audio/wav")}, 400, "other"),
-        ({"input": "x", "voice_file": "me.wav"}, {"z": ("z", b"", "a/b")}, 400, "voice_file"),
-        ({"speed": "1"}, None, 400, "input"),
-        ({"input": "x", "response_format": "mp3"}, None, 400, "response_format"),
+        ({"input": "x", "speed": "fast"}, None, 422, "speed"),
+        ({"input": "x", "exaggeration": "9"}, None, 422, "exaggeration"),
+        ({"input": "x"}, {"voice_file": ("e.wav", b"", "audio/wav")}, 422, "voice_file"),
+        ({"input": "x"}, {"other": ("e.wav", b"abc", "audio/wav")}, 422, "other"),
+        ({"input": "x", "voice_file": "me.wav"}, {"z": ("z", b"", "a/b")}, 422, "voice_file"),
+        ({"speed": "1"}, None, 422, "input"),
+        ({"input": "x", "response_format": "mp3"}, None, 422, "response_format"),
     ],
 )
 def test_bad_multipart_input_is_a_json_error(daphne, data, files, status, field):
@@ -69,3 +72,5 @@ def test_bad_multipart_input_is_a_json_error(daphne, data, files, status, field)
     response = httpx.post(f"{daphne.url}/v1/audio/speech/stream/upload", data=data, files=files)
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
+    assert flat_error(response.json())["detail"]
+    assert response.json()["detail"][0]["loc"] == ["body", field]
