@@ -160,9 +160,7 @@ async def audio_file_view(request: HttpRequest, request_id: str) -> HttpResponse
     wav = await runtime.run_db(services.chat_audio_file, request_id=request_id)
     if wav is None:
         return seed_error(AUDIO_FILE_NOT_FOUND, 404)
-    return ranged_response(
-        request, wav, content_type="audio/wav", filename=f"{request_id}.wav"
-    )
+    return ranged_response(request, wav, content_type="audio/wav", filename=f"{request_id}.wav")
 
 
 @endpoint("POST", seed=True)
