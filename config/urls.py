@@ -29,6 +29,8 @@ urlpatterns = [
     path("", include("recordings.urls")),
     # Speech synthesis (seed 002): /v1/audio/speech..., voices, progress, models, health.
     path("", include("speech.urls")),
+    # Long text jobs (issue 10 §3): /v1/audio/speech/long...: longform/urls.py.
+    path("", include("longform.urls")),
     # Voice agent (seed 003): /v1/audio/transcriptions and the /agent/ page: agents/urls.py.
     path("", include("agents.urls")),
     # Pages a person opens in a browser (/, /rooms/<room>/, /tts/, /record/): web/urls.py.

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "streams",
     "spectate",
     "speech",
+    "longform",
     "chat",
     "recordings",
     "agents",
@@ -342,6 +343,12 @@ PARLEY_OPENAI_TTS_SAMPLE_RATE = env_int("PARLEY_OPENAI_TTS_SAMPLE_RATE", 24000)
 PARLEY_TTS_MAX_VOICE_BYTES = env_int("PARLEY_TTS_MAX_VOICE_BYTES", 10 * 1024 * 1024)
 # A queued/running speech job whose row nobody wrote (heartbeat) this long is marked failed.
 PARLEY_SPEECH_JOB_STALE_S = env_float("PARLEY_SPEECH_JOB_STALE_S", 90.0)
+# Long text jobs (POST /v1/audio/speech/long, docs/speech.md "Long text jobs"): the longest
+# input, the characters of each stored piece, and how long a worker's claim on a job lasts
+# without renewal (a job of a killed worker is taken over by another after this).
+PARLEY_TTS_LONG_MAX_CHARS = env_int("PARLEY_TTS_LONG_MAX_CHARS", 100_000)
+PARLEY_TTS_LONG_PIECE_CHARS = env_int("PARLEY_TTS_LONG_PIECE_CHARS", 500)
+PARLEY_TTS_LONG_LEASE_S = env_float("PARLEY_TTS_LONG_LEASE_S", 30.0)
 
 # Voice agent (agents/, docs/agent.md, seed 003).
 # Speech-to-text: "whisper" (offline, faster-whisper + Whisper tiny.en shipped as a package) or
