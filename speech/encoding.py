@@ -3,6 +3,12 @@
 The compressed formats are encoded incrementally by one ffmpeg process per response (the
 binary shipped by ``imageio-ffmpeg``): PCM goes in on stdin while encoded bytes are read from
 stdout at the same time, so the first bytes leave while the engine is still speaking.
+
+FLAC is the exception: its header (STREAMINFO) holds the total sample count and the audio's
+MD5, known only at the end. Streamed, they are 0 ("unknown", legal) and libsndfile (Python's
+soundfile, Sonic Visualiser...) then cannot read the file at all: it takes the length as
+2**63-1 frames. So ffmpeg writes FLAC to a temporary file, which it can seek back into to
+complete the header (sample count, MD5, frame sizes), and the file is sent when it is done.
 """
 
 from __future__ import annotations
@@ -10,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import tempfile
+import weakref
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -129,7 +138,11 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def ffmpeg_command(response_format: str, sample_rate: int, quality: str) -> list[str]:
+def ffmpeg_command(
+    response_format: str, sample_rate: int, quality: str, output: str = "pipe:1"
+) -> list[str]:
+    """The encoder's command line: s16le mono PCM at ``sample_rate`` Hz on stdin, the format
+    written to ``output`` (stdout, or a file path: overwritten)."""
     codec = CODECS[response_format]
     kbps = bitrate_kbps(response_format, sample_rate, quality)
     if kbps is not None:
@@ -144,26 +157,55 @@ def ffmpeg_command(response_format: str, sample_rate: int, quality: str) -> list
         # -ar again for the output: the encoder gets exactly the input's (supported) rate.
         *("-c:a", codec.encoder, "-ar", str(sample_rate), *quality_args, *codec.muxer_args),
         # Each packet is written out as soon as it is muxed, not when a buffer fills.
-        *("-flush_packets", "1", "-f", codec.muxer, "pipe:1"),
+        *("-flush_packets", "1", "-f", codec.muxer),
+        *(("pipe:1",) if output == "pipe:1" else ("-y", output)),
     ]
 
 
+# Formats whose header is only complete once the whole stream is known (see the module doc).
+WHOLE_FILE_FORMATS = frozenset({"flac"})
+# The temporary file each such encoder writes, removed by ``stop``.
+_OUTPUT_FILES: weakref.WeakKeyDictionary[Process, str] = weakref.WeakKeyDictionary()
+SEND_PIECE = 1 << 16
+
+
 async def spawn(response_format: str, sample_rate: int, quality: str) -> Process:
-    """Start the encoder; started early, it is ready by the time the first audio is."""
-    return await asyncio.create_subprocess_exec(
-        *ffmpeg_command(response_format, sample_rate, quality),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    """Start the encoder; started early, it is ready by the time the first audio is.
+
+    FLAC is written to a temporary file (see the module doc); ``stop`` removes it."""
+    output = "pipe:1"
+    if response_format in WHOLE_FILE_FORMATS:
+        fd, output = tempfile.mkstemp(prefix="parley-", suffix=f".{response_format}")
+        os.close(fd)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *ffmpeg_command(response_format, sample_rate, quality, output),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except BaseException:
+        _remove(None if output == "pipe:1" else output)
+        raise
+    if output != "pipe:1":
+        _OUTPUT_FILES[process] = output
+    return process
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 async def stop(process: Process) -> None:
+    """Kill the encoder if it still runs and remove its temporary file, if any."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         with contextlib.suppress(BaseException):
             await process.wait()
+    _remove(_OUTPUT_FILES.pop(process, None))
 
 
 async def encode(pcm: AsyncIterator[bytes], process: Process, name: str) -> AsyncIterator[bytes]:
@@ -171,7 +213,8 @@ async def encode(pcm: AsyncIterator[bytes], process: Process, name: str) -> Asyn
 
     A writer task feeds stdin while this generator reads stdout, so neither pipe can fill up
     and stall the other. Closing the generator stops the writer (and through it ``pcm``) and
-    kills ffmpeg.
+    kills ffmpeg. FLAC comes out whole at the end, in 64 KiB pieces, its header complete.
+    Raises EncoderError if ffmpeg fails.
     """
     stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
     assert stdin is not None and stdout is not None and stderr is not None
@@ -188,12 +231,16 @@ async def encode(pcm: AsyncIterator[bytes], process: Process, name: str) -> Asyn
 
     writer = asyncio.get_running_loop().create_task(write_all())
     try:
-        while data := await stdout.read(1 << 16):
+        while data := await stdout.read(SEND_PIECE):
             yield data
         await writer  # the input's own failure (an engine error) wins over ffmpeg's
         if await process.wait() != 0:
             message = (await stderr.read()).decode("utf-8", "replace").strip()
             raise EncoderError(f"ffmpeg ({name}) failed: {message[-400:]}")
+        if (path := _OUTPUT_FILES.get(process)) is not None:
+            with open(path, "rb") as file:  # noqa: ASYNC230 - a local file just written
+                while data := file.read(SEND_PIECE):
+                    yield data
     finally:
         if not writer.done():
             writer.cancel()

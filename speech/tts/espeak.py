@@ -8,14 +8,26 @@ callback every ``buffer_ms`` milliseconds of audio; the callback forwards each b
 job's queue at once, so the consumer gets its first chunk after well under a millisecond of
 synthesis, not after the whole text. Returning 1 from the callback aborts synthesis: that is
 how a cancelled job stops within one chunk.
+
+The library also keeps synthesis state from one call to the next: the pitch flutter's
+position and the glottal cycle count (function statics in wavegen.c), the automatic gain, the
+breath resonators, the noise generator's seed and the echo buffer. So the same text came out
+differently (by up to ~250 bytes) depending on what was spoken before it. Before every piece
+the voice is set again (which clears the echo buffer) and the rest is put back to its
+initial values: ``_WavegenState`` finds those statics in the library's symbol table. Then a
+text's audio depends only on the text, voice and parameters. The klatt-synthesizer variants
+(``klatt*``, ``robosoft*``, ``edward``, ``UniRobot``) keep noise state that is not reset and
+still vary.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import queue
 import re
+import struct
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -117,6 +129,90 @@ _SynthCallback = ctypes.CFUNCTYPE(
 )
 _GENDERS = {1: "male", 2: "female"}
 
+logger = logging.getLogger(__name__)
+
+
+def _elf_symbols(path: str) -> dict[str, tuple[int, int]]:
+    """name -> (value, size) from a 64-bit little-endian ELF file's .symtab (local symbols
+    included; function statics appear as ``name.NNNN``). Empty if there is none (stripped)."""
+    with open(path, "rb") as file:
+        data = file.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return {}
+    section_offset = struct.unpack_from("<Q", data, 0x28)[0]
+    entry_size, count = struct.unpack_from("<HH", data, 0x3A)
+    # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, section_offset + index * entry_size)
+        for index in range(count)
+    ]
+    symbols: dict[str, tuple[int, int]] = {}
+    for section in sections:
+        if section[1] != 2:  # SHT_SYMTAB
+            continue
+        strings = sections[section[6]][4]
+        for index in range(section[5] // 24):
+            name, _, _, _, value, size = struct.unpack_from(
+                "<IBBHQQ", data, section[4] + index * 24
+            )
+            start = strings + name
+            symbols[data[start : data.index(b"\0", start)].decode("ascii", "replace")] = (
+                value,
+                size,
+            )
+    return symbols
+
+
+class _WavegenState:
+    """The library's leftover synthesis state, put back to its initial values before a piece.
+
+    ``Flutter_ix`` (position in the pitch-flutter table), ``cycle_count`` (roughness
+    modulation) and ``agc`` are statics in wavegen.c with no API to reset them; ``rbreath``
+    holds the breath resonators' memory (x1, x2 of each RESONATOR {a, b, c, x1, x2}).
+    """
+
+    _RESONATOR_BYTES = 5 * 8
+
+    def __init__(self, lib: ctypes.CDLL, library_path: str) -> None:
+        symbols = _elf_symbols(library_path)
+
+        def address(name: str) -> int:
+            found = [key for key in symbols if key == name or key.startswith(f"{name}.")]
+            if len(found) != 1:
+                raise LookupError(name)
+            return base + symbols[found[0]][0]
+
+        base = ctypes.cast(lib.espeak_Synth, ctypes.c_void_p).value or 0
+        base -= symbols["espeak_Synth"][0]
+        self._flutter = ctypes.c_int.from_address(address("Flutter_ix"))
+        self._cycles = ctypes.c_int.from_address(address("cycle_count"))
+        self._agc = ctypes.c_int.from_address(address("agc"))
+        breath = address("rbreath")
+        self._breath_memory = [
+            ctypes.c_double.from_address(breath + index * self._RESONATOR_BYTES + offset)
+            for index in range(symbols["rbreath"][1] // self._RESONATOR_BYTES)
+            for offset in (24, 32)
+        ]
+        self._seed = lib.espeak_ng_SetRandSeed
+        self._seed.argtypes = [ctypes.c_long]
+        self._seed.restype = None
+
+    @classmethod
+    def locate(cls, lib: ctypes.CDLL, library_path: str) -> _WavegenState | None:
+        try:
+            return cls(lib, library_path)
+        except (OSError, KeyError, LookupError, AttributeError, struct.error) as error:
+            logger.warning("espeak: cannot reset synthesis state (%r): output may vary", error)
+            return None
+
+    def reset(self) -> None:
+        self._flutter.value = 0
+        self._cycles.value = 0
+        self._agc.value = 256
+        for memory in self._breath_memory:
+            memory.value = 0.0
+        self._seed(1)
+
 
 def _read_languages(address: int | None) -> list[str]:
     codes: list[str] = []
@@ -217,6 +313,7 @@ class _EspeakRuntime:
         # Keep a reference: ctypes frees the trampoline when the Python object dies.
         self._callback = _SynthCallback(self._on_audio)
         self._lib.espeak_SetSynthCallback(self._callback)
+        self._state = _WavegenState.locate(self._lib, library_path)
 
         self._lock = threading.Lock()  # held around every call into the library
         self._ready: queue.Queue[_Job] = queue.Queue()
@@ -353,20 +450,22 @@ class _EspeakRuntime:
     def _synthesize_piece(self, job: _Job, piece: TextSpan) -> None:
         encoded = piece.text.encode("utf-8")
         with self._lock:
-            if job.voice != self._current_voice:
-                status = self._lib.espeak_SetVoiceByName(job.voice.encode())
-                if status != _EE_OK:
-                    self._current_voice = None
-                    if status == _EE_NOT_FOUND:
-                        raise VoiceNotFound(job.voice, "espeak")
-                    raise SynthesisError(f"espeak_SetVoiceByName failed with status {status}")
-                self._current_voice = job.voice
+            # Set even when unchanged: it clears the echo buffer the last piece filled.
+            status = self._lib.espeak_SetVoiceByName(job.voice.encode())
+            if status != _EE_OK:
+                self._current_voice = None
+                if status == _EE_NOT_FOUND:
+                    raise VoiceNotFound(job.voice, "espeak")
+                raise SynthesisError(f"espeak_SetVoiceByName failed with status {status}")
+            self._current_voice = job.voice
             # Every job sets every parameter: another job may have changed them.
             self._lib.espeak_SetParameter(_PARAM_RATE, job.rate, 0)
             for parameter, value in job.settings.items():
                 self._lib.espeak_SetParameter(parameter, value, 0)
             job.piece_base = job.emitted_bytes
             job.piece_start = piece.start
+            if self._state is not None:
+                self._state.reset()
             self._active = job
             try:
                 status = self._lib.espeak_Synth(
