@@ -35,10 +35,17 @@ NAMESPACE = "/streaming"
 SOCKETIO_PATH = "socket.io"
 
 
+# How far over PARLEY_MAX_CHUNK_BYTES a chunk may be and still reach our own check (and its
+# clear `chunk_too_large`, the session going on) instead of engine.io's bare 400 and a
+# dropped client.
+OVERSIZE_FACTOR = 4
+
+
 def _max_message_bytes() -> int:
-    # Long-polling carries binary as base64 (4/3 the size); the headroom lets a chunk a
-    # little over the limit reach the session and get a clear error instead of a hang-up.
-    return settings.PARLEY_MAX_CHUNK_BYTES * 4 // 3 + 64 * 1024
+    """engine.io's max_http_buffer_size: one polling POST may hold a chunk of
+    OVERSIZE_FACTOR x our limit, as base64 (4/3 the size: long-polling carries binary that
+    way), plus room for the packet framing and a few small events batched with it."""
+    return settings.PARLEY_MAX_CHUNK_BYTES * OVERSIZE_FACTOR * 4 // 3 + 64 * 1024
 
 
 def _client_manager() -> socketio.AsyncManager | None:
