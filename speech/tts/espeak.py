@@ -176,17 +176,25 @@ class _WavegenState:
     def __init__(self, lib: ctypes.CDLL, library_path: str) -> None:
         symbols = _elf_symbols(library_path)
 
-        def address(name: str) -> int:
+        def address(name: str, size: int | None = None) -> int:
             found = [key for key in symbols if key == name or key.startswith(f"{name}.")]
             if len(found) != 1:
                 raise LookupError(name)
-            return base + symbols[found[0]][0]
+            value, actual = symbols[found[0]]
+            # Never write through a symbol whose layout is not the one this code knows (a
+            # different build of the library): better varying output than a corrupt heap.
+            if size is not None and actual != size:
+                raise LookupError(f"{name} is {actual} bytes, not {size}")
+            return base + value
 
         base = ctypes.cast(lib.espeak_Synth, ctypes.c_void_p).value or 0
         base -= symbols["espeak_Synth"][0]
-        self._flutter = ctypes.c_int.from_address(address("Flutter_ix"))
-        self._cycles = ctypes.c_int.from_address(address("cycle_count"))
-        self._agc = ctypes.c_int.from_address(address("agc"))
+        int_size = ctypes.sizeof(ctypes.c_int)
+        self._flutter = ctypes.c_int.from_address(address("Flutter_ix", int_size))
+        self._cycles = ctypes.c_int.from_address(address("cycle_count", int_size))
+        self._agc = ctypes.c_int.from_address(address("agc", int_size))
+        if not symbols["rbreath"][1] or symbols["rbreath"][1] % self._RESONATOR_BYTES:
+            raise LookupError(f"rbreath is {symbols['rbreath'][1]} bytes")
         breath = address("rbreath")
         self._breath_memory = [
             ctypes.c_double.from_address(breath + index * self._RESONATOR_BYTES + offset)
