@@ -35,6 +35,18 @@ from django.utils.deprecation import MiddlewareMixin
 from config.error_shapes import is_openai_path, reshape
 
 # Paths of the JSON/audio API (seeds 000-004); everything else is a page.
+OPERATOR_PREFIXES = (
+    "/status",
+    "/processing",
+    "/history",
+    "/stats",
+    "/info",
+    "/ping",
+    "/config",
+    "/endpoints",
+    "/routes",
+    "/languages",
+)
 API_PREFIXES = (
     "/audio",
     "/api/",
@@ -42,6 +54,8 @@ API_PREFIXES = (
     "/chat",
     "/health",
     "/memory",
+    # The seed's operator endpoints at their bare paths (speech/urls.py OPERATOR_ROUTES).
+    *OPERATOR_PREFIXES,
     "/streaming/",
     "/static/audio/",
     "/bench/",  # the benchmark's yardstick view goes the same way as the API it measures

@@ -40,7 +40,11 @@ urlpatterns = [
     path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
     path("admin/", admin.site.urls),
     # Anything else under an API prefix: a JSON 404, in DEBUG too (Django's debug 404 is HTML).
-    re_path(r"^(?:audio|api|v1|chat|health|memory|streaming|static/audio)(?:/.*)?$", not_found),
+    re_path(
+        r"^(?:audio|api|v1|chat|health|memory|streaming|static/audio|status|processing|history"
+        r"|stats|info|ping|config|endpoints|routes|languages)(?:/.*)?$",
+        not_found,
+    ),
 ]
 
 # API paths answer errors in JSON like every other API error; pages keep Django's pages.

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from speech.models import SpeechJob, Voice
+from speech.models import SpeechJob, Voice, VoiceAlias
 from streams.admin import audio_player, short, short_id
 
 
@@ -64,8 +64,21 @@ class SpeechJobAdmin(admin.ModelAdmin):
         return False  # jobs are made by synthesis, not by hand
 
 
+class VoiceAliasInline(admin.TabularInline):
+    """Read-only: aliases are added through the API, which checks they shadow no voice."""
+
+    model = VoiceAlias
+    fields = readonly_fields = ("alias", "created_at")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Voice)
 class VoiceAdmin(admin.ModelAdmin):
+    inlines = (VoiceAliasInline,)
     list_display = ("name", "kind", "engine", "preset", "sample_seconds", "listen", "updated_at")
     list_filter = ("engine", "language")
     search_fields = ("name", "description", "preset")

@@ -106,3 +106,42 @@ class Voice(models.Model):
     @property
     def kind(self) -> str:
         return "sample" if self.sample else "preset"
+
+
+class VoiceAlias(models.Model):
+    """Another name of a stored voice: it resolves in synthesis like the voice's own name
+    (the seed's voice library aliases). Deleted with its voice; follows it when renamed."""
+
+    alias = models.CharField(max_length=64, unique=True)
+    voice = models.ForeignKey(Voice, on_delete=models.CASCADE, related_name="aliases")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["alias"]
+
+    def __str__(self) -> str:
+        return f"{self.alias} -> {self.voice_id}"
+
+
+class SpeechSettings(models.Model):
+    """The one row of operator settings every worker shares (pk=1).
+
+    The default voice is a stored voice (``default_voice``, so a rename follows it and a
+    delete clears it) or a built-in name (``default_builtin``: an OpenAI or engine voice).
+    ``history_cleared_at`` / ``memory_reset_at``: /status/history and /memory's
+    request_counter count only SpeechJob records created after them.
+    """
+
+    default_voice = models.ForeignKey(
+        Voice, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    default_builtin = models.CharField(max_length=128, blank=True)
+    history_cleared_at = models.DateTimeField(null=True, blank=True)
+    memory_reset_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "speech settings"
+
+    def __str__(self) -> str:
+        return "speech settings"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from speech.operator_openapi import operator_paths
 from speech.params import SPEECH_FIELDS
 from speech.voices import CREATE_FIELDS, UPDATE_FIELDS
 
@@ -376,17 +377,9 @@ def speech_paths() -> dict[str, Any]:
     paths["/health"] = _get(
         "health", "Engines and database; 503 when the default engine is unavailable", {}, 503
     )
-    memory = _object({"memory_info": {"type": "object"}, "active_jobs": {"type": "integer"}})
-    paths["/memory"] = _get(
-        "memory",
-        "Process RSS, Python heap, GC counts and active jobs (?cleanup=true runs the GC)",
-        memory,
-    )
-    paths["/memory"]["post"] = {
-        **paths["/memory"]["get"],
-        "operationId": "memory_cleanup",
-        "summary": "Run the garbage collector, then report memory as GET /memory does",
-    }
+    # The seed's operator endpoints (/memory among them): speech.operator_openapi.
+    for path, item in operator_paths().items():
+        paths.setdefault(path, {}).update(item)
     return paths
 
 

@@ -59,6 +59,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from speech.jobs import ALL_JOBS_GROUP, LIVE, job_group
+from speech.library import default_voice_name, stored_voice_named
 from speech.models import JobStatus, SpeechJob, Voice
 from speech.params import KNOB_DEFAULTS, is_text, parse_knobs
 from speech.tts import (
@@ -522,7 +523,7 @@ class _Plan:
 
 
 def _stored_voice(name: str) -> dict[str, Any] | None:
-    voice = Voice.objects.filter(name=name).first()
+    voice = stored_voice_named(name)  # its name or one of its aliases
     if voice is None:
         return None
     found = {"engine": voice.engine, "preset": voice.preset, "sample": None}
@@ -612,6 +613,25 @@ def _voice_names(engine: TTSEngine) -> dict[str, list[str]]:
 
 
 async def _plan(
+    *, model: str | None, voice: str | None, speed: float, voice_sample: VoiceSample | None
+) -> _Plan:
+    """The engine and voice of a synthesis. A request that names no voice gets the default
+    voice (GET/POST /v1/voices/default) if one is set and the chosen engine has it, else the
+    engine's own default."""
+    if voice is None:
+        default = await runtime.run_db(default_voice_name)
+        if default is not None:
+            try:
+                return await _plan_voice(
+                    model=model, voice=default, speed=speed, voice_sample=voice_sample
+                )
+            except ApiError as error:
+                if error.code != "voice_not_found":
+                    raise
+    return await _plan_voice(model=model, voice=voice, speed=speed, voice_sample=voice_sample)
+
+
+async def _plan_voice(
     *, model: str | None, voice: str | None, speed: float, voice_sample: VoiceSample | None
 ) -> _Plan:
     registry = get_registry()

@@ -241,19 +241,13 @@ async def job_progress_view(request: HttpRequest, job_id: str) -> HttpResponse:
     return JsonResponse(selectors.progress_of(job))
 
 
-# --- health, memory, models -----------------------------------------------------------------
+# --- health, models (/memory: speech.operator_views) --------------------------------------
 
 
 @api_view("GET")
 async def health_view(request: HttpRequest) -> HttpResponse:
     body = await system.health()
     return JsonResponse(body, status=200 if body["status"] == "healthy" else 503)
-
-
-@api_view("GET", "POST")
-async def memory_view(request: HttpRequest) -> HttpResponse:
-    cleanup = request.GET.get("cleanup", "").lower() in {"1", "true", "yes"}
-    return JsonResponse(system.memory(cleanup=cleanup or request.method == "POST"))
 
 
 @api_view("GET")

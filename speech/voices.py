@@ -22,7 +22,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 
 from speech import encoding
-from speech.models import Voice
+from speech.models import Voice, VoiceAlias
 from speech.params import FieldSpec, parse_fields
 from speech.services import engine_for, get_registry, synthesis_stream
 from speech.tts import OPENAI_VOICE_TO_ESPEAK, TTSEngine, TTSError, VoiceNotFound, VoiceSample
@@ -30,6 +30,8 @@ from streams.errors import ApiError, Conflict
 from streams.runtime import runtime
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Paths under /v1/voices/ that are not voices (speech.urls): no voice or alias may take them.
+RESERVED_NAMES = frozenset({"default", "all-names"})
 PREVIEW_TEXT = "Hello! This is the voice {name}, speaking through Parley."
 # Sample analysis: decode to 16 kHz mono to prove it is audio and measure it.
 _PROBE_RATE = 16000
@@ -218,8 +220,14 @@ async def _check_name(name: str) -> None:
             "name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
             field="name",
         )
+    if name in RESERVED_NAMES:
+        raise ApiError(
+            "invalid_name", f"{name!r} is reserved: /v1/voices/{name} is a route.", field="name"
+        )
     if name in OPENAI_VOICE_TO_ESPEAK:
         raise Conflict("voice_exists", f"{name!r} is an OpenAI voice name.", field="name")
+    if await runtime.run_db(lambda: VoiceAlias.objects.filter(alias=name).exists()):
+        raise Conflict("voice_exists", f"{name!r} is an alias of a stored voice.", field="name")
     for engine_name, built, _ in await _engines():
         if built is not None and name in {info.id for info in built.voices()}:
             raise Conflict(

@@ -235,7 +235,10 @@ _cors = cors_origins(PARLEY_CORS_ORIGINS)
 CORS_ALLOW_ALL_ORIGINS = _cors["CORS_ALLOW_ALL_ORIGINS"]
 CORS_ALLOWED_ORIGINS = _cors["CORS_ALLOWED_ORIGINS"]
 # The API paths (config/handlers.API_PREFIXES) and the schema; pages and the admin get none.
-CORS_URLS_REGEX = r"^/(?:audio|api/|v1/|chat|health|memory|streaming/|static/audio/|openapi\.json$)"
+CORS_URLS_REGEX = (
+    r"^/(?:audio|api/|v1/|chat|health|memory|streaming/|static/audio/|openapi\.json$"
+    r"|status|processing|history|stats|info|ping|config|endpoints|routes|languages)"
+)
 # Request headers a page may send: JSON bodies and keys, byte ranges, the recording key, and
 # what the OpenAI JS SDK adds (openai-*, x-stainless-*). "*" admits any other non-credential
 # header in current browsers (never Authorization, hence listed).

@@ -16,6 +16,8 @@ import httpx
 from tests.longform.test_jobs import TEXT
 from tests.support.servers import PROJECT_ROOT, DaphneProcess
 
+LONG = " ".join([TEXT] * 4)
+
 
 def _wait(probe, timeout: float, step: float = 0.1):
     deadline = time.monotonic() + timeout
@@ -49,7 +51,8 @@ def test_a_killed_server_s_job_resumes_from_its_last_piece_on_the_next(tmp_path)
         client = httpx.Client(timeout=30)
         created = client.post(
             f"{first.url}/v1/audio/speech/long",
-            json={"input": TEXT, "chunk_size": 60, "response_format": "wav"},
+            # ~9,600 characters in ~160 pieces: seconds of work, so the kill lands mid-job.
+            json={"input": LONG, "chunk_size": 60, "response_format": "wav"},
         )
         assert created.status_code == 202, created.text
         job_id = created.json()["job_id"]
@@ -85,7 +88,7 @@ def test_a_killed_server_s_job_resumes_from_its_last_piece_on_the_next(tmp_path)
         assert download.status_code == 200
         with wave.open(io.BytesIO(download.content)) as wav:
             seconds = wav.getnframes() / wav.getframerate()
-        assert len(TEXT) / 40 < seconds < len(TEXT) / 5
+        assert len(LONG) / 40 < seconds < len(LONG) / 5
     finally:
         first.stop()
         if second is not None:
