@@ -691,18 +691,23 @@ def _routes(patterns: Any, prefix: str = "") -> list[str]:
     return found
 
 
-# Aliases that are not /v1/x <-> /x pairs (the seed's own extra names).
-EXTRA_ALIASES = {
-    "/v1/status": ["/processing", "/processing/status"],
-    "/v1/status/statistics": ["/stats"],
-}
+def _extra_aliases() -> dict[str, list[str]]:
+    """The seed's extra names (/processing, /stats, ...) by their /v1/ path."""
+    from speech.urls import OPERATOR_ROUTES  # the URLconf imports this module's views
+
+    return {
+        f"/v1/{route}": [f"/{alias}" for alias in aliases]
+        for route, _view, _name, aliases in OPERATOR_ROUTES
+        if aliases
+    }
 
 
 def endpoints() -> dict[str, Any]:
     """GET /endpoints: every route and its aliases, in the seed's shape. The primary path is
     the /v1/ one where both exist; the bare path (the seed's) is its alias."""
     routes = [r for r in _routes(get_resolver().url_patterns) if not r.startswith("/admin/")]
-    extra = {alias for aliases in EXTRA_ALIASES.values() for alias in aliases}
+    extra_aliases = _extra_aliases()
+    extra = {alias for aliases in extra_aliases.values() for alias in aliases}
     mappings: dict[str, dict[str, Any]] = {}
     for route in routes:
         if route in extra:
@@ -710,7 +715,7 @@ def endpoints() -> dict[str, Any]:
         bare = route.removeprefix("/v1")
         primary = f"/v1{bare}" if f"/v1{bare}" in routes else route
         aliases = [path for path in (f"/v1{bare}", bare) if path in routes and path != primary]
-        aliases += [path for path in EXTRA_ALIASES.get(primary, []) if path in routes]
+        aliases += [path for path in extra_aliases.get(primary, []) if path in routes]
         mappings[primary] = {"primary": primary, "aliases": aliases}
     for entry in mappings.values():
         entry["total_paths"] = 1 + len(entry["aliases"])

@@ -245,6 +245,9 @@ async def test_info_ping_endpoints_and_languages():
     }
     assert set(mappings["/v1/status/statistics"]["aliases"]) == {"/status/statistics", "/stats"}
     assert mappings["/v1/audio/speech"]["aliases"] == ["/audio/speech"]
+    assert set(mappings["/v1/status/history"]["aliases"]) == {"/status/history", "/history"}
+    assert set(mappings["/v1/endpoints"]["aliases"]) == {"/endpoints", "/routes"}
+    assert "/history" not in mappings and "/processing" not in mappings
     assert mappings["/v1/memory/reset"]["total_paths"] == 2
     assert "/v1/voices/{name}/aliases/{alias}" in mappings
     assert endpoints["total_aliases"] == sum(len(m["aliases"]) for m in mappings.values())
