@@ -7,6 +7,7 @@ a value the view refuses is one the schema refuses too.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from speech.voices import NAME_PATTERN
@@ -219,8 +220,8 @@ def _op(
     return operation
 
 
-def _operator_items() -> dict[str, dict[str, Any]]:
-    """Path items by bare route (speech.urls.OPERATOR_ROUTES)."""
+def _operator_items(engines: list[str]) -> dict[str, dict[str, Any]]:
+    """Path items by bare route (speech.urls.OPERATOR_ROUTES); `engines`: configured names."""
     free = {"type": "object"}
     return {
         "status": {
@@ -421,8 +422,9 @@ def _operator_items() -> dict[str, dict[str, Any]]:
                         "name": "engine",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string"},
-                        "description": "an engine name (GET /v1/models); default: the default",
+                        "schema": {"type": "string", "enum": ["", *engines]},
+                        "description": "an engine name (GET /v1/models); empty or missing: "
+                        "the default engine",
                     }
                 ],
             )
@@ -431,9 +433,11 @@ def _operator_items() -> dict[str, dict[str, Any]]:
 
 
 def _renamed(item: dict[str, Any], prefix: str, note: str) -> dict[str, Any]:
+    # A deep copy: schema post-processing edits each path's responses in place (OpenAI's
+    # error shape on /v1/ paths only), so no two paths may share one.
     return {
         method: {
-            **operation,
+            **copy.deepcopy(operation),
             "operationId": prefix + operation["operationId"],
             "summary": operation["summary"] + note,
         }
@@ -443,9 +447,10 @@ def _renamed(item: dict[str, Any], prefix: str, note: str) -> dict[str, Any]:
 
 def operator_paths() -> dict[str, Any]:
     """The operator paths: /v1/<route>, its bare alias, and the seed's extra names."""
+    from speech.services import get_registry
     from speech.urls import OPERATOR_ROUTES
 
-    items = _operator_items()
+    items = _operator_items(get_registry().names())
     paths: dict[str, Any] = {}
     for route, _view, _name, aliases in OPERATOR_ROUTES:
         item = items[route]
