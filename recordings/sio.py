@@ -153,6 +153,10 @@ sio = _Server(
     # One event at a time per connection: chunks are stored and acknowledged in order.
     async_handlers=False,
     cors_allowed_origins=_cors_origins(),
+    # Never `Access-Control-Allow-Credentials` (docs/api.md "CORS"): no cookie is read here,
+    # and with PARLEY_CORS_ORIGINS="*" engineio echoes any page's origin, so allowing
+    # credentials would hand every page a visitor's cookies for this origin.
+    cors_credentials=False,
     max_http_buffer_size=_max_message_bytes(),
     logger=False,
     engineio_logger=False,

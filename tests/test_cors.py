@@ -183,6 +183,8 @@ async def test_socketio_answers_a_page_on_another_origin():
         )
     assert handshake.status_code == 200, handshake.text
     assert handshake.headers["access-control-allow-origin"] == PAGE
+    # docs/api.md "CORS": no credentials mode, on the socket either.
+    assert "access-control-allow-credentials" not in handshake.headers
 
 
 def _settings_in_a_process(env: dict[str, str]) -> dict:
