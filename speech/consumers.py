@@ -7,9 +7,11 @@ Read-only, like the spectator socket.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from speech import selectors
@@ -60,6 +62,22 @@ class JobProgressConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def quiet_send(message: dict[str, Any]) -> None:
+            try:
+                await send(message)
+            except Exception as exc:
+                # daphne raises "send on a closed protocol" for a client that closed while
+                # an update or the close was on its way (e.g. right after the final one):
+                # the socket is gone, so is this consumer. Channels' loop ends quietly on
+                # StopConsumer; disconnect() will not run, so leave the group here.
+                with contextlib.suppress(Exception):
+                    await self.disconnect(1006)
+                raise StopConsumer from exc
+
+        # Every send (send_json, close, accept) goes through base_send, set from this.
+        await super().__call__(scope, receive, quiet_send)
 
     async def speech_progress(self, message: dict[str, Any]) -> None:
         await self.send_json({"type": "speech.progress", "progress": message["progress"]})
