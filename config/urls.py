@@ -1,11 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import (
-    SpectacularJSONAPIView,
-    SpectacularRedocView,
-    SpectacularSwaggerView,
-)
+from drf_spectacular.views import SpectacularJSONAPIView
 
+from config.docs_views import RedocView, SwaggerView
 from config.errors import not_found
 from streams import api
 from streams.async_views import audio_view, room_events_view
@@ -36,8 +33,8 @@ urlpatterns = [
     # Pages a person opens in a browser (/, /rooms/<room>/, /tts/, /record/): web/urls.py.
     path("", include("web.urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
+    path("docs", SwaggerView.as_view(url_name="openapi"), name="docs"),
+    path("redoc", RedocView.as_view(url_name="openapi"), name="redoc"),
     path("admin/", admin.site.urls),
     # Anything else under an API prefix: a JSON 404, in DEBUG too (Django's debug 404 is HTML).
     re_path(

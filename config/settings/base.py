@@ -181,6 +181,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "streams.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # JSON only, whatever the Accept header or a `?format=` asks (config/negotiation.py).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.negotiation.FirstRendererFallback",
+    "URL_FORMAT_OVERRIDE": None,
 }
 
 SPECTACULAR_SETTINGS = {
