@@ -5,8 +5,9 @@ no build step. The pages call the same public API as any client; they hold no lo
 own beyond rendering what the server already knows at request time.
 """
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
 
 from streams.errors import ApiError
 from streams.services import validate_room_name
@@ -37,3 +38,9 @@ def tts_page_view(request: HttpRequest) -> HttpResponse:
 def record_page_view(request: HttpRequest) -> HttpResponse:
     """`/record/`: record from the microphone into /streaming (Socket.IO)."""
     return render(request, "web/record.html", {"page": "record"})
+
+
+def favicon_view(request: HttpRequest) -> HttpResponse:
+    """`/favicon.ico`: a permanent redirect to the SVG icon the pages link (browsers ask for
+    /favicon.ico on their own, before or without reading the page's `<link rel="icon">`)."""
+    return HttpResponseRedirect(static("web/favicon.svg"), status=301)

@@ -25,8 +25,12 @@
     return new Date(iso).toLocaleString();
   }
 
+  const LABELS = [...table.tHead.rows[0].cells].map((th) => th.textContent);
+
   function cell(row, content) {
     const td = row.insertCell();
+    // The column's name, shown before the value when a phone draws rows as cards.
+    if (td.cellIndex > 0) td.dataset.label = LABELS[td.cellIndex];
     if (content instanceof Node) td.append(content);
     else td.textContent = content ?? "";
     return td;

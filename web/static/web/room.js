@@ -3,6 +3,10 @@
 // - Every event is handled once, whatever the socket sends: a fresh join's `state` carries the
 //   latest id and the backlog audio after it has older ids, and a resumed socket replays from
 //   `after`, so events are de-duplicated by id (never by order).
+// - History: a fresh join's socket sends only the room as it is now, so on the first `state`
+//   the page loads the turns, transcript and events of the last HISTORY_EVENTS ids before it
+//   from GET /api/rooms/{room}/events (no audio: what was played is not played again) and
+//   holds the socket's messages until they are drawn; the same id is never handled twice.
 // - On a dropped connection it reconnects with `after=<highest id seen>`, with a growing
 //   back-off, and says so in the event log.
 // - Audio: each `audio_chunk` (base64 PCM) becomes an AudioBuffer scheduled on the
@@ -26,6 +30,9 @@
   const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 5000];
   const MAX_LOG_ROWS = 400;
   const MAX_KEPT_EVENTS = 20000;
+  const HISTORY_EVENTS = 300;
+  const HISTORY_TYPES = "turn,speech,playback_done,input";
+  const HISTORY_TIMEOUT_MS = 5000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -60,6 +67,8 @@
     underruns: 0, // chunks that came after their predecessor had finished playing
     played: 0, // chunks whose playback ended
     floor: null, // the last `state` body
+    history: 0, // events from before the join, loaded from the events endpoint
+    historyLoaded: false,
     audioTime: () => (audio.ctx ? audio.ctx.currentTime : null),
   });
 
@@ -72,6 +81,8 @@
   let attempt = 0;
   let droppedAt = null;
   let floor = null;
+  let held = null; // socket messages held while the history before the join loads
+  let replaying = false; // drawing history: no scrolling, rows marked as history
 
   function clamp(value, low, high) {
     return Math.min(high, Math.max(low, value));
@@ -106,6 +117,20 @@
       } catch {
         return;
       }
+      if (held) {
+        held.push(event);
+        return;
+      }
+      if (!state.historyLoaded && event.type === "state" && typeof event.id === "number") {
+        state.historyLoaded = true;
+        held = [event];
+        loadHistory(event.id).finally(() => {
+          const messages = held;
+          held = null;
+          for (const message of messages) handle(message);
+        });
+        return;
+      }
       handle(event);
     };
     ws.onclose = (close) => {
@@ -138,6 +163,36 @@
       refused: "refused",
     };
     ui.conn.textContent = words[status] + (detail ? ` (${detail})` : "");
+  }
+
+  // --- history ----------------------------------------------------------------------------
+
+  // The events before `until` (the join's `state` id), oldest first, without audio chunks.
+  async function loadHistory(until) {
+    let after = Math.max(0, until - HISTORY_EVENTS);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), HISTORY_TIMEOUT_MS);
+    replaying = true;
+    try {
+      for (let page = 0; page < 5 && after < until - 1; page += 1) {
+        const url = `/api/rooms/${encodeURIComponent(ROOM)}/events?after=${after}&types=${HISTORY_TYPES}&wait=0`;
+        const answer = await fetch(url, { headers: { Accept: "application/json" }, signal: controller.signal });
+        if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
+        const body = await answer.json();
+        for (const event of body.events) {
+          if (event.id >= until) break; // the socket sends these
+          handle(event);
+          state.history += 1;
+        }
+        if (!body.events.length || body.last_id <= after) break;
+        after = body.last_id;
+      }
+    } catch (error) {
+      note(`could not load the room's history (${error.message})`, "error");
+    } finally {
+      clearTimeout(timer);
+      replaying = false;
+    }
   }
 
   // --- events -----------------------------------------------------------------------------
@@ -486,7 +541,9 @@
       stream.row = element("li", "room-stream");
       turns.get(stream.turnId).querySelector(".room-turn-streams").append(stream.row);
     }
-    let text = `${stream.id}: ${stream.chunks} chunks, ${seconds(stream.durationMs ?? stream.receivedMs)}`;
+    // A stream from the history has no chunks here (they are not loaded): only its length.
+    const chunks = stream.chunks ? `${stream.chunks} chunks, ` : "";
+    let text = `${stream.id}: ${chunks}${seconds(stream.durationMs ?? stream.receivedMs)}`;
     if (stream.cut) text += stream.heardMs !== null ? ` · cut at ${seconds(stream.heardMs)}` : " · cut";
     else if (stream.ended) text += " · played";
     stream.row.textContent = text;
@@ -505,7 +562,7 @@
     }
     row.querySelector(".room-utterance-text").textContent = event.text;
     if (event.interrupted) markCut(row, stream);
-    row.scrollIntoView({ block: "nearest" });
+    if (!replaying) row.scrollIntoView({ block: "nearest" });
   }
 
   // A cut reply: its text is what was heard; the bar shows where it was cut in the whole.
@@ -529,6 +586,7 @@
 
   function logRow(event, summary, kind = "") {
     const row = element("li", `room-event room-event-${event.type}${kind ? ` room-event-${kind}` : ""}`);
+    if (replaying) row.classList.add("room-event-history");
     if (event.id !== null) row.dataset.id = event.id;
     row.append(element("span", "room-event-id", event.id !== null ? `#${event.id}` : ""));
     row.append(element("span", "room-event-time", clock(event.ts)));
