@@ -12,6 +12,7 @@ import io
 import re
 import subprocess
 import wave
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -414,15 +415,32 @@ async def _builtin(name: str) -> list[dict[str, Any]]:
 # --- download ------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Download:
     filename: str
     content_type: str
     content: bytes
 
 
+# Rendered previews, least recently used first, keyed by the voice's name and identity:
+# a preview is the same bytes (and ETag) every time, so ranges and If-Range hold across
+# requests, and a repeated GET or HEAD costs no synthesis. Per process; bounded.
+PREVIEW_CACHE_SIZE = 32
+_PREVIEWS: OrderedDict[tuple[Any, ...], Download] = OrderedDict()
+# Previews being rendered: concurrent requests for one voice share a single synthesis.
+_RENDERING: dict[tuple[Any, ...], asyncio.Future[Download]] = {}
+
+
+def clear_preview_cache() -> None:
+    """Forget every rendered preview (tests; a voice's change needs no call: see the key)."""
+    _PREVIEWS.clear()
+
+
 async def voice_download(name: str) -> Download:
-    """A stored sample as uploaded; otherwise a short WAV preview synthesized now."""
+    """A stored sample as uploaded; otherwise a short WAV preview of a preset, engine or
+    OpenAI voice, rendered once per voice identity (name, default engine, and for a stored
+    voice its id, engine, preset and updated time) and then served from a bounded LRU.
+    Raises ApiError `voice_not_found` (404) for an unknown name."""
     stored = await runtime.run_db(lambda: Voice.objects.filter(name=name).first())
     if stored is not None and stored.sample:
         return Download(
@@ -436,6 +454,31 @@ async def voice_download(name: str) -> Download:
         if not builtin:
             raise _not_found(name)
         model = builtin[0]["engine"]
+    identity = (stored.pk, stored.engine, stored.preset, stored.updated_at) if stored else (model,)
+    key = (name, settings.PARLEY_TTS_ENGINE, *identity)
+    cached = _PREVIEWS.get(key)
+    if cached is not None:
+        _PREVIEWS.move_to_end(key)
+        return cached
+    pending = _RENDERING.get(key)
+    if pending is None:
+        pending = asyncio.ensure_future(_render_preview(name, model))
+        _RENDERING[key] = pending
+        pending.add_done_callback(lambda task: _rendered(key, task))
+    # Shielded: a client leaving mid-render does not cancel it for the others waiting.
+    return await asyncio.shield(pending)
+
+
+def _rendered(key: tuple[Any, ...], task: asyncio.Future[Download]) -> None:
+    _RENDERING.pop(key, None)
+    if task.cancelled() or task.exception() is not None:  # retrieved: no "never retrieved"
+        return
+    _PREVIEWS[key] = task.result()
+    while len(_PREVIEWS) > PREVIEW_CACHE_SIZE:
+        _PREVIEWS.popitem(last=False)
+
+
+async def _render_preview(name: str, model: str | None) -> Download:
     pcm = bytearray()
     rate = 0
     chunks = synthesis_stream(
