@@ -44,7 +44,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 {
                     "type": "error",
                     "code": "invalid_room",
-                    "detail": "room must be 1-64 characters of letters, digits, '.', '_' or '-'.",
+                    "detail": (
+                        "room must be 1-64 characters of letters, digits, '.', '_' or '-', "
+                        "not only dots."
+                    ),
                     "field": "room",
                 }
             )

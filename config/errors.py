@@ -23,6 +23,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.views import defaults
 
 from config.handlers import is_api_path
+from streams.errors import echoed
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def error_response(
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if is_api_path(request.path):
-        return error_response("not_found", f"No endpoint at {request.path!r}.", 404)
+        return error_response("not_found", f"No endpoint at {echoed(request.path)}.", 404)
     return defaults.page_not_found(request, exception)
 
 

@@ -19,7 +19,7 @@ from recordings import selectors, services
 from recordings.models import Recording, RecordingStatus
 from recordings.serializers import RecordingSerializer
 from recordings.sessions import notify_stopped, run_blocking
-from streams.errors import ApiError
+from streams.errors import ApiError, echoed
 from streams.runtime import runtime
 from streams.serializers import ErrorSerializer
 
@@ -93,7 +93,7 @@ async def force_stop_view(request: HttpRequest) -> JsonResponse:
 
 
 def _not_found(sid: str, detail: str | None = None) -> JsonResponse:
-    error = ApiError("not_found", detail or f"No saved recording {sid!r}.", field="sid")
+    error = ApiError("not_found", detail or f"No saved recording {echoed(sid)}.", field="sid")
     return JsonResponse(error.as_dict(), status=404)
 
 
@@ -124,12 +124,14 @@ async def audio_file_view(request: HttpRequest, sid: str) -> HttpResponseBase:
     if recording is None:
         return _not_found(sid)
     if recording.status != RecordingStatus.COMPLETE:
-        return _not_found(sid, f"Recording {sid!r} is {recording.status}; it has no file yet.")
+        return _not_found(
+            sid, f"Recording {echoed(sid)} is {recording.status}; it has no file yet."
+        )
     try:
         path = await run_blocking(services.recording_ensure_file, recording=recording)
         return ranged_response(request, path, content_type="audio/wav", filename=f"{sid}.wav")
     except (ApiError, OSError):
-        return _not_found(sid, f"The file of recording {sid!r} could not be rebuilt.")
+        return _not_found(sid, f"The file of recording {echoed(sid)} could not be rebuilt.")
 
 
 STATUSES = [choice.value for choice in RecordingStatus]
@@ -173,6 +175,8 @@ class RecordingDetailView(APIView):
     def get(self, request: Request, sid: str) -> Response:
         recording = _saved_recording(sid)
         if recording is None:
-            raise ApiError("not_found", f"No recording {sid!r}.", field="sid", status_code=404)
+            raise ApiError(
+                "not_found", f"No recording {echoed(sid)}.", field="sid", status_code=404
+            )
         base_url = request.build_absolute_uri("/").rstrip("/")
         return Response(selectors.recording_as_dict(recording, base_url=base_url))

@@ -31,7 +31,9 @@ CLOSE_BAD_REQUEST = 4400
 def parse_query(query_string: bytes) -> tuple[str, int | None]:
     """(room, after) of the handshake's query string; ApiError `invalid_room` /
     `invalid_after` (an event id: 0 to 2**63 - 1) otherwise."""
-    params = parse_qs(query_string.decode("latin-1"))
+    # Blank values kept: `room=` is refused like an empty value anywhere in the API; only a
+    # missing room means "default" (docs/api.md).
+    params = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
     room = validate_room_name(params.get("room", ["default"])[0])
     after = None
     if "after" in params:

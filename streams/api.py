@@ -17,7 +17,7 @@ from config.http_ranges import ranged_response
 from streams import selectors, services
 from streams.audio import wav_header
 from streams.auth import Speaker, resolve_speaker
-from streams.errors import ApiError
+from streams.errors import ApiError, echoed
 from streams.models import Chunk, Stream
 from streams.serializers import (
     ErrorSerializer,
@@ -245,7 +245,9 @@ class StreamListView(generics.ListAPIView):
 def _stream_or_404(stream_id: str) -> Stream:
     stream = Stream.objects.select_related("room").filter(stream_id=stream_id).first()
     if stream is None:
-        raise ApiError("not_found", f"No stream {stream_id!r}.", field="stream_id", status_code=404)
+        raise ApiError(
+            "not_found", f"No stream {echoed(stream_id)}.", field="stream_id", status_code=404
+        )
     return stream
 
 

@@ -8,6 +8,16 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+ECHO_LIMIT = 100  # characters of a client's value an error message repeats
+
+
+def echoed(value: str) -> str:
+    """`value` quoted for an error message (repr), cut to ECHO_LIMIT characters: a 5000-
+    character id sent is not 5 KB answered."""
+    if len(value) <= ECHO_LIMIT:
+        return repr(value)
+    return f"{value[:ECHO_LIMIT]!r}... ({len(value)} characters)"
+
 
 class ApiError(Exception):
     """A refusal the client can act on. Services raise it; views turn it into JSON."""

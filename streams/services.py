@@ -51,7 +51,8 @@ from streams.selectors import (
     stream_missing,
 )
 
-ROOM_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Not only dots: a browser collapses `/rooms/../` to `/`, so `.` and `..` were unreachable.
+ROOM_NAME_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,64}$")
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 SPEAKER_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 MAX_STREAM_ID_LENGTH = 128
@@ -61,7 +62,7 @@ def validate_room_name(name: str) -> str:
     if not isinstance(name, str) or not ROOM_NAME_RE.fullmatch(name):
         raise ApiError(
             "invalid_room",
-            "room must be 1-64 characters of letters, digits, '.', '_' or '-'.",
+            "room must be 1-64 characters of letters, digits, '.', '_' or '-', not only dots.",
             field="room",
         )
     return name

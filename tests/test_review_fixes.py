@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
 
@@ -59,3 +60,60 @@ async def test_8_a_format_parameter_is_ignored(path, status, content_type):
         answer = await client.get(path)
     assert answer.status_code == status, answer.text[:300]
     assert answer.headers["content-type"].startswith(content_type)
+
+
+@pytest.mark.parametrize("room", ["%2e", "%2e%2e", "...", "." * 64])
+async def test_9_rooms_named_only_dots_are_refused(room):
+    async with http() as client:
+        floor = await client.post(f"/api/rooms/{room}/floor", json={"speaker": "alice"})
+        state = await client.get(f"/api/rooms/{room}")
+        listed = await client.get(f"/api/streams?room={room}")
+    for answer in (floor, state, listed):
+        assert answer.status_code == 400, answer.text[:300]
+        assert (answer.json()["error"], answer.json()["field"]) == ("invalid_room", "room")
+        assert "only dots" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("room", [".hidden", "a.b", "..x", "x.."])
+async def test_9_names_with_dots_and_more_are_rooms(room):
+    async with http() as client:
+        answer = await client.get(f"/api/rooms/{room}")
+    assert answer.status_code == 200, answer.text[:300]
+
+
+async def test_17_an_empty_room_on_the_spectator_socket_is_refused():
+    refused = WebsocketCommunicator(application, "/spectate/ws?room=")
+    assert (await refused.connect())[0]
+    message = await refused.receive_json_from()
+    assert (message["type"], message["error"], message["field"]) == (
+        "error",
+        "invalid_room",
+        "room",
+    )
+    assert (await refused.receive_output())["type"] == "websocket.close"
+    # No room at all is the documented default room.
+    default = WebsocketCommunicator(application, "/spectate/ws")
+    assert (await default.connect())[0]
+    state = await default.receive_json_from()
+    assert (state["type"], state["room"]) == ("state", "default")
+    await default.disconnect()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/streams/{id}",
+        "/api/streams/{id}/audio.wav",
+        "/api/recordings/{id}",
+        "/static/audio/{id}.wav",
+        "/api/nothing-here/{id}",
+    ],
+)
+async def test_17_a_not_found_repeats_at_most_100_characters_of_an_id(path):
+    long_id = "a" * 5000
+    async with http() as client:
+        answer = await client.get(path.format(id=long_id))
+    assert answer.status_code == 404, answer.text[:300]
+    detail = answer.json()["detail"]
+    assert "a" * 101 not in detail and "(5" in detail  # cut, saying how long it was
+    assert len(answer.content) < 500
