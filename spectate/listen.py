@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import time
 import wave
@@ -88,6 +89,19 @@ class AudioSink:
     files: dict[WavFormat, tuple[Path, wave.Wave_write]] = field(default_factory=dict)
     bytes_by_file: dict[Path, int] = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
+
+    def check_writable(self) -> None:
+        """Prove `path` can be written before anything is heard, leaving it as it was: an
+        existing file is opened for appending (nothing written), a new one is created and
+        removed (a listener that hears no audio leaves no file). Raises OSError (e.g.
+        IsADirectoryError, FileNotFoundError for a missing directory, PermissionError)."""
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(self.path))
+        if self.path.exists():
+            self.path.open("ab").close()
+        else:
+            self.path.open("xb").close()
+            self.path.unlink()
 
     def write(self, event: dict[str, Any]) -> None:
         """Append one `audio_chunk` event's PCM (base64 `data`) to its format's file."""

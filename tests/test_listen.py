@@ -163,7 +163,12 @@ def test_ctrl_c_leaves_a_valid_wav_and_seconds_stops_a_quiet_room(server, tmp_pa
     [
         (("bad room!", "--seconds", "5"), "4400 invalid_room"),
         (("lobby", "--after", "-1"), "--after must be an event id"),
-        (("lobby", "--count", "0"), "invalid int value"),
+        (("lobby", "--count", "0"), "--count: must be a whole number above 0, not '0'"),
+        (("lobby", "--count", "x"), "--count: must be a whole number above 0, not 'x'"),
+        (("lobby", "--seconds", "nan"), "--seconds: must be a finite number above 0, not 'nan'"),
+        (("lobby", "--seconds", "inf"), "--seconds: must be a finite number above 0, not 'inf'"),
+        (("lobby", "--seconds", "-1"), "--seconds: must be a finite number above 0, not '-1'"),
+        (("lobby", "--until-idle", "NaN"), "--until-idle: must be a finite number above 0"),
     ],
 )
 def test_bad_arguments_are_refused(server, args, error):
@@ -171,6 +176,40 @@ def test_bad_arguments_are_refused(server, args, error):
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert error in stderr, stderr
+
+
+def run_listen(*args: str) -> subprocess.CompletedProcess[str]:
+    """manage.py listen against nothing: port 9 refuses, so any error before it came first."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "manage.py", "listen", *args, "--url", "http://127.0.0.1:9"],
+        cwd=PROJECT_ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings.test"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("where", ["missing-dir/x.wav", ".", "file-as-dir/x.wav"])
+def test_an_unwritable_out_is_refused_before_connecting(tmp_path, where):
+    (tmp_path / "file-as-dir").write_text("not a directory")
+    out = tmp_path / where
+    done = run_listen("lobby", "--out", str(out))
+    assert done.returncode == 1
+    assert f"cannot write --out {out}:" in done.stderr, done.stderr
+    for noise in ("cannot reach", "Traceback", "Exception ignored"):
+        assert noise not in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file-as-dir"]
+
+
+def test_a_writable_out_is_left_as_it_was_until_audio_comes(tmp_path):
+    fresh, kept = tmp_path / "fresh.wav", tmp_path / "kept.wav"
+    kept.write_bytes(b"earlier")
+    for out in (fresh, kept):
+        done = run_listen("lobby", "--out", str(out))
+        assert "cannot reach ws://127.0.0.1:9/" in done.stderr, done.stderr
+    assert not fresh.exists() and kept.read_bytes() == b"earlier"
 
 
 def test_an_unreachable_server_is_one_line_not_a_traceback(tmp_path):

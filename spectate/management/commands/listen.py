@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -13,14 +16,20 @@ from spectate.listen import AudioSink, Listener, spectator_url
 CLOSE_BAD_REQUEST = 4400  # the spectator socket's refusal of a bad query (docs/api.md)
 
 
-def _positive(kind: type):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(text)
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a whole (int) or finite (float) number above 0; nan and inf would
+    make a limit that never (or at once) ends the run."""
+    what = "a whole number" if kind is int else "a finite number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be {what} above 0, not {text!r}")
         return value
 
-    parse.__name__ = kind.__name__  # argparse names the type in its error
     return parse
 
 
@@ -65,6 +74,13 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         sink = None if options["no_audio"] else AudioSink(Path(options["out"] or f"{room}.wav"))
+        if sink is not None:
+            try:  # before connecting: a bad --out is said at once, not after a session
+                sink.check_writable()
+            except OSError as exc:
+                raise CommandError(
+                    f"cannot write --out {sink.path}: {exc.strerror or exc}"
+                ) from exc
         listener = Listener(room=room, sink=sink)
 
         def emit(line: str) -> None:
