@@ -128,8 +128,9 @@ def _active_records() -> list[SpeechJob]:
 
 
 def _voice_source(job: Any) -> str:
-    if job.voice_sample_name:
-        return "upload" if job.kind != "preview" else "voice_library"
+    """The voice as the request named it; "upload" for a voice_file, "default" for none."""
+    if job.voice_sample_name and not job.voice:
+        return "upload"
     return job.voice or "default"
 
 
@@ -332,9 +333,10 @@ def _mem_total_kb() -> int | None:
     return None
 
 
-def memory_info() -> dict[str, Any]:
-    """This process's memory (speech.system.memory's) plus the seed's cpu_memory_* keys."""
-    info = dict(system.memory()["memory_info"])
+def memory_info(base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This process's memory (speech.system.memory's, or `base` if already read) plus the
+    seed's cpu_memory_* keys."""
+    info = dict((base or system.memory())["memory_info"])
     rss = info.get("rss_mb")
     total_kb = _mem_total_kb()
     info["cpu_memory_mb"] = rss
@@ -371,7 +373,7 @@ async def memory(*, cleanup: bool, include_alerts: bool = True) -> dict[str, Any
     since the last /memory/reset) and, with `cleanup`, a collection pass and what it freed."""
     counter = await runtime.run_db(_request_counter)
     before = system.memory()
-    info = memory_info()
+    info = memory_info(before)
     body: dict[str, Any] = {
         **before,
         "memory_info": info,

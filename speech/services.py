@@ -626,7 +626,9 @@ async def _plan(
                     model=model, voice=default, speed=speed, voice_sample=voice_sample
                 )
             except ApiError as error:
-                if error.code != "voice_not_found":
+                # A default this engine cannot speak (not its voice, a sample it cannot
+                # clone): the engine's own default, as if none were set.
+                if error.code not in ("voice_not_found", "voice_cloning_unsupported"):
                     raise
     return await _plan_voice(model=model, voice=voice, speed=speed, voice_sample=voice_sample)
 

@@ -498,3 +498,24 @@ async def test_bare_operator_paths_are_api_paths():
         wrong_method = await client.delete("/ping")
     assert unknown.status_code == 404 and unknown.json()["error"] == "not_found"
     assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "GET"
+
+
+async def test_a_default_the_chosen_engine_cannot_speak_gives_way_to_its_own(settings, standin):
+    from tests.speech.audio import sample_wav
+
+    settings.PARLEY_OPENAI_TTS_URL = standin.base_url
+    async with http() as client:
+        created = await client.post(
+            "/v1/voices",
+            data={"name": "me", "engine": "openai"},
+            files={"voice_file": ("me.wav", sample_wav(1.0), "audio/wav")},
+        )
+        assert created.status_code == 201, created.text
+        assert (await client.post("/v1/voices/default", json={"voice_name": "me"})).is_success
+        plain = await speak(client, model="espeak")  # eSpeak cannot clone the sample
+        named = await client.post(
+            "/v1/audio/speech", json={"input": "Hi.", "model": "espeak", "voice": "me"}
+        )
+    assert plain.engine == "espeak" and plain.engine_voice == "en-us"  # eSpeak's default
+    assert named.status_code == 422
+    assert named.json()["error"]["code"] == "voice_cloning_unsupported"
