@@ -593,10 +593,21 @@ def voice_not_found(
     detail = f"Voice {voice!r} not found for engine {engine_name!r}."
     if parts:
         detail += f" Valid voices: {'; '.join(parts)} (GET /v1/voices lists them all)."
-    close = difflib.get_close_matches(voice or "", [*openai, *stored, *engine_voices], n=3)
+    close = _close_names(voice or "", [*openai, *stored, *engine_voices], n=3)
     if close:
         detail += f" Did you mean {' or '.join(map(repr, close))}?"
     return ApiError("voice_not_found", detail, field="voice", status_code=404)
+
+
+def _close_names(asked: str, names: list[str], *, n: int) -> list[str]:
+    """Up to `n` of `names` closest to `asked`, best first, compared in lowercase ("ALLOY"
+    finds 'alloy') and returned as spelled. Matching itself stays case-sensitive: OpenAI's
+    API takes only its lowercase names, so a hint is enough."""
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        spellings.setdefault(name.lower(), []).append(name)
+    close = difflib.get_close_matches(asked.lower(), list(spellings), n=n)
+    return [name for key in close for name in spellings[key]][:n]
 
 
 def _voice_names(engine: TTSEngine) -> dict[str, list[str]]:

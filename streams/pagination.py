@@ -29,7 +29,12 @@ class Pagination(LimitOffsetPagination):
         if digits.isascii() and digits.isdigit() and len(digits) > MAX_DIGITS:
             return self.max_limit  # a valid, huge limit: clamped like any other
         limit = parse_int(
-            raw, field=self.limit_query_param, minimum=1, maximum=10**MAX_DIGITS, text=True
+            raw,
+            field=self.limit_query_param,
+            minimum=1,
+            maximum=10**MAX_DIGITS,  # no real bound: a larger limit is capped, not refused
+            text=True,
+            what=f"an integer of at least 1 (larger ones are capped at {self.max_limit})",
         )
         return min(limit, self.max_limit)
 

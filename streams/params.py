@@ -95,15 +95,18 @@ def parse_int(
     maximum: int,
     text: bool = False,
     why: str = "",
+    what: str = "",
 ) -> int:
     """A client's integer for `field`, in [minimum, maximum].
 
     Takes an int, an integral float (JSON `16000.0`) or a HugeInt; with `text=True` (query
     strings, form-like handshake payloads) also ASCII digits, optionally signed, optionally
     ending in `.0`. `why` is added to the detail of an out-of-range value (say where the
-    limit comes from). Raises ApiError `invalid_<field>` (field=`field`) otherwise.
+    limit comes from); `what` replaces the range in every detail (say "an integer of at least
+    1" where `maximum` is only a technical bound). Raises ApiError `invalid_<field>`
+    (field=`field`) otherwise.
     """
-    what = _range_text("an integer", minimum, maximum)
+    what = what or _range_text("an integer", minimum, maximum)
     number: int | None = None
     if isinstance(value, bool):
         number = None

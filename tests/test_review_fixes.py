@@ -117,3 +117,33 @@ async def test_17_a_not_found_repeats_at_most_100_characters_of_an_id(path):
     detail = answer.json()["detail"]
     assert "a" * 101 not in detail and "(5" in detail  # cut, saying how long it was
     assert len(answer.content) < 500
+
+
+def test_11_a_limit_out_of_range_names_the_bound_that_holds():
+    from django.test import Client
+
+    for path in ("/api/rooms?limit=0", "/api/streams?limit=0", "/api/rooms?limit=x"):
+        detail = Client().get(path).json()["detail"]
+        assert "limit must be an integer of at least 1" in detail, detail
+        assert "10000" not in detail and "500" in detail  # larger ones are capped at 500
+
+
+def test_14_a_django_request_warning_is_printed_once(settings):
+    import logging
+
+    settings.DEBUG = True  # Django's own console handler prints only with DEBUG (bin/serve)
+    logger = logging.getLogger("django.request")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "Not Found", (), None)
+    printing = []
+    current: logging.Logger | None = logger
+    while current is not None:  # the handlers logging.Logger.callHandlers would run
+        printing += [
+            h
+            for h in current.handlers
+            if isinstance(h, logging.StreamHandler)
+            and type(h).__module__.startswith(("logging", "django"))
+            and record.levelno >= h.level
+            and h.filter(record)
+        ]
+        current = current.parent if current.propagate else None
+    assert len(printing) == 1, printing

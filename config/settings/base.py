@@ -213,6 +213,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("PARLEY_LOG_LEVEL", "WARNING")},
+    # Django's default config gives "django" its own console handler (with DEBUG) as well:
+    # every django.request warning was printed twice. Only the root's handler prints.
+    "loggers": {"django": {"handlers": [], "level": os.environ.get("PARLEY_LOG_LEVEL", "WARNING")}},
 }
 
 # Browser pages on other origins calling the API (docs/api.md "CORS"): the JSON/audio paths,
