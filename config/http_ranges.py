@@ -36,6 +36,7 @@ RANGED_PATHS = (
     "/api/streams/{stream_id}/audio.wav",
     "/v1/voices/{name}/download",
     "/static/audio/{sid}.wav",
+    "/v1/audio/speech/long/{job_id}/download",
 )
 
 

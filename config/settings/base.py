@@ -201,6 +201,7 @@ SPECTACULAR_SETTINGS = {
         "config.schema.add_async_endpoints",
         "speech.openapi.add_speech_endpoints",
         "agents.openapi.add_agent_endpoints",
+        "longform.openapi.add_longform_endpoints",
         # Range/If-Range, 206 and 416 on every audio URL (config/http_ranges.py).
         "config.http_ranges.document_ranges",
         # Last: every operation's security and error answers (config/schema.py).
