@@ -76,6 +76,9 @@ def running_server(
             "PARLEY_CHANNEL_PREFIX": name,
             "PARLEY_REQUIRE_AUTH": "1" if require_auth else "0",
             "PARLEY_SWEEP_INTERVAL_S": "0.2",
+            # Long text jobs synthesize in the background: the fuzz creates dozens, and at the
+            # default 100,000 characters they took the CPU the run itself needs.
+            "PARLEY_TTS_LONG_MAX_CHARS": "4096",
             **(extra_env or {}),
         }
         server_url = ""
