@@ -28,6 +28,12 @@ p50/p99/max for the soak (owners' timers) and the crash rounds (backups; target:
 delay + 50 ms), presence rows once every spectator left. RSS of every process (workers,
 run_scheduler) idle, after the warm-up, at the end of the soak, and its peak.
 
+Memory: `--memory-dump DIR` has each worker write its memory state (config/server.py's
+PARLEY_MEMORY_DUMP hook: RSS, glibc's and pymalloc's totals, live objects by type, and a
+tracemalloc snapshot when tracing) idle, after the warm-up and at the end; `--tracemalloc
+25` makes them trace from the idle dump on, 25 frames a traceback; `--worker-env
+MALLOC_ARENA_MAX=2` tries an allocator setting. Compare with `python -m bench.memdiff DIR`.
+
 Yardstick, same session: a bare asyncio timer's lateness in a process of its own running
 beside the soak (sleep to random moments 10-200 ms ahead, the same loop clock the release
 timers use): the floor any Python timer on this machine saw under the same load.
@@ -122,6 +128,7 @@ class Deployment:
     database: str
     workers: list[DaphneProcess] = field(default_factory=list)
     scheduler: ManagedProcess | None = None
+    worker_env: dict[str, str] = field(default_factory=dict)  # the workers' alone
 
     @classmethod
     def create(cls, args: argparse.Namespace) -> Deployment:
@@ -135,9 +142,20 @@ class Deployment:
             "REDIS_URL": args.redis_url or redis_url(),
             "PARLEY_CHANNEL_PREFIX": database,
         }
+        worker_env = dict(item.split("=", 1) for item in args.worker_env)
+        if args.memory_dump:
+            worker_env["PARLEY_MEMORY_DUMP"] = str(Path(args.memory_dump).resolve())
+            if args.tracemalloc:
+                worker_env["PARLEY_TRACEMALLOC_FRAMES"] = str(args.tracemalloc)
         log(f"database {database}, migrating")
         _migrate(env)
-        return cls(env, env["DATABASE_URL"], server_url, database)
+        return cls(
+            env,
+            env["DATABASE_URL"],
+            server_url,
+            database,
+            worker_env=worker_env,
+        )
 
     def start(self) -> None:
         import concurrent.futures
@@ -156,7 +174,12 @@ class Deployment:
             self.scheduler = scheduler.result()
 
     def start_worker(self, port: int | None = None) -> DaphneProcess:
-        return DaphneProcess(env=self.env, server=PARLEY_SERVER, port=port, startup_timeout=60)
+        return DaphneProcess(
+            env={**self.env, **self.worker_env},
+            server=PARLEY_SERVER,
+            port=port,
+            startup_timeout=60,
+        )
 
     def processes(self) -> dict[str, int]:
         found = {f"worker {n + 1}": w.pid for n, w in enumerate(self.workers) if w.running}
@@ -166,6 +189,15 @@ class Deployment:
 
     def rss(self) -> dict[str, int | None]:
         return {name: rss_kib(pid) for name, pid in self.processes().items()}
+
+    def dump_memory(self, label: str) -> None:
+        """SIGUSR2 to every worker (PARLEY_MEMORY_DUMP set): each writes its memory state."""
+        if "PARLEY_MEMORY_DUMP" not in self.worker_env:
+            return
+        for worker in self.workers:
+            if worker.running:
+                os.kill(worker.pid, signal.SIGUSR2)
+        log(f"  memory dump '{label}' asked of the workers {[w.pid for w in self.workers]}")
 
     def query(self, sql: str, *params: object) -> list[tuple]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -387,6 +419,7 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
     per_room = [args.turns // args.rooms + (n < args.turns % args.rooms) for n in range(args.rooms)]
     rss: dict[str, Any] = {"idle": deployment.rss()}
     rss_series: list[tuple[float, dict[str, int | None]]] = []
+    deployment.dump_memory("idle")
     busy0, total0 = machine_cpu()
     cpu0 = {name: _cpu(pid) for name, pid in deployment.processes().items()}
     ours0 = _ours(deployment)
@@ -408,6 +441,7 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
             if counters.turns >= args.warmup and "warm" not in rss:
                 rss["warm"] = deployment.rss()
                 log(f"  warm-up done ({counters.turns} turns): RSS {rss['warm']}")
+                deployment.dump_memory("warm")
             await asyncio.sleep(2.0)
 
     async def progress() -> None:
@@ -457,6 +491,9 @@ async def soak_phase(deployment: Deployment, args: argparse.Namespace) -> dict[s
     await _wait_released(deployment, 30)
     await asyncio.sleep(args.settle)
     rss["end"] = deployment.rss()
+    deployment.dump_memory("end")
+    if "PARLEY_MEMORY_DUMP" in deployment.worker_env:
+        await asyncio.sleep(args.dump_wait)  # a traced snapshot takes a while to write
     for task in background:
         task.cancel()
     timer_out, _ = await timer.communicate()
@@ -728,6 +765,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    parser.add_argument(
+        "--memory-dump",
+        metavar="DIR",
+        help="workers write their memory state here idle, after the warm-up and at the end",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in the workers' environment alone (e.g. MALLOC_ARENA_MAX=2)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with --memory-dump: workers trace allocations from the idle dump on (slow: "
+        "see docs/benchmarks.md 'Soak')",
+    )
+    parser.add_argument(
+        "--dump-wait", type=float, default=30.0, help="seconds for the end dump to be written"
+    )
     parser.add_argument("--json", help="write every number (and the RSS series) here")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)

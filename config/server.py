@@ -36,14 +36,31 @@ with the code (`4404 not_found: ...`, `4400 invalid room`, ...).
 
 `--http-timeout` stays unset: daphne would cut streamed answers (speech, /audio/stream) at
 it. `--websocket_connect_timeout` (handshake) defaults to 10 s here instead of 5.
+
+Memory diagnosis, off by default: with PARLEY_MEMORY_DUMP=<dir>, SIGUSR2 makes the process
+run a full collection and write `<dir>/<pid>-<n>.json` (RSS, tracemalloc's current/peak,
+glibc's and pymalloc's totals, live objects by type) and, when tracemalloc traces, the
+snapshot as `<dir>/<pid>-<n>.tracemalloc`. PARLEY_TRACEMALLOC_FRAMES=<n> starts tracing
+(n frames a traceback) at the first SIGUSR2: a worker tracing from its start
+(PYTHONTRACEMALLOC) took over 5 minutes to serve its first request on a loaded machine.
+bench/soak.py uses it (`--memory-dump`); docs/benchmarks.md "Soak" has what it found.
 """
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import ctypes.util
 import functools
+import gc
+import itertools
 import json
 import os
+import signal
 import sys
+import time
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from daphne.cli import CommandLineInterface
@@ -283,7 +300,129 @@ class ParleyCommandLine(CommandLineInterface):
         super().run(args)
 
 
+_MALLINFO2_FIELDS = (
+    "arena",  # bytes obtained from the OS with brk/sbrk (main arena) and arena heaps
+    "ordblks",
+    "smblks",
+    "hblks",
+    "hblkhd",  # bytes in blocks mmapped on their own (large allocations)
+    "usmblks",
+    "fsmblks",
+    "uordblks",  # bytes in use
+    "fordblks",  # bytes free but kept by malloc
+    "keepcost",
+)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS]
+
+
+def _mallinfo2() -> dict[str, int] | None:
+    """glibc's heap totals over every arena, in bytes (None off glibc or before 2.33)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    info = fn()
+    return {name: int(getattr(info, name)) for name in _MALLINFO2_FIELDS}
+
+
+def _pymalloc_stats() -> dict[str, int]:
+    """pymalloc's totals from sys._debugmallocstats() (which only writes to the C stderr):
+    arenas current / highwater, bytes in allocated and available blocks, unused pools.
+    Empty while tracemalloc traces: Python reports pymalloc only while it is the allocator."""
+    import tempfile
+
+    found: dict[str, int] = {}
+    with tempfile.TemporaryFile("w+") as fh:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(fh.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        fh.seek(0)
+        for line in fh:
+            if line.startswith("# ") and "=" in line:
+                key, _, value = line[2:].partition("=")
+                found[key.strip()] = int(value.strip().replace(",", ""))
+            elif "unused pools *" in line:
+                found["unused pools"] = int(line.split()[0])
+    return found
+
+
+def _proc_status_kib() -> dict[str, int]:
+    found: dict[str, int] = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
+                found[key] = int(value.split()[0])
+    return found
+
+
+def dump_memory(directory: Path, n: int) -> Path:
+    """Write this process's memory state as `<directory>/<pid>-<n>.json`; return its path.
+
+    Runs a full collection first (its count is `gc_collected`), so what is left is
+    reachable. Shape: {"pid", "time", "gc_collected", "proc_kib": {VmRSS, VmHWM, RssAnon,
+    ...}, "tracemalloc": {"current", "peak"} bytes or None, "mallinfo2": {...} bytes or
+    None, "pymalloc_blocks", "pymalloc": {arenas, blocks, pools}, "objects", "frozen",
+    "by_type": {type name: count} (top 60)}. With tracemalloc tracing, the snapshot goes
+    beside it as `<pid>-<n>.tracemalloc`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / f"{os.getpid()}-{n}"
+    collected = gc.collect()
+    objects = gc.get_objects()
+    by_type = collections.Counter(type(o).__qualname__ for o in objects)
+    traced = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else None
+    state = {
+        "pid": os.getpid(),
+        "time": time.time(),
+        "gc_collected": collected,
+        "proc_kib": _proc_status_kib(),
+        "tracemalloc": {"current": traced[0], "peak": traced[1]} if traced else None,
+        "mallinfo2": _mallinfo2(),
+        "pymalloc_blocks": sys.getallocatedblocks(),
+        "pymalloc": _pymalloc_stats(),
+        "objects": len(objects),  # gc-tracked, not counting those config/asgi.py froze
+        "frozen": gc.get_freeze_count(),
+        "by_type": dict(by_type.most_common(60)),
+    }
+    del objects
+    if tracemalloc.is_tracing():
+        tracemalloc.take_snapshot().dump(f"{stem}.tracemalloc")
+    path = Path(f"{stem}.json")
+    path.write_text(json.dumps(state, indent=1))
+    return path
+
+
+def install_memory_dump() -> None:
+    """SIGUSR2 → dump_memory(), when PARLEY_MEMORY_DUMP names a directory (else nothing);
+    the first one starts tracemalloc with PARLEY_TRACEMALLOC_FRAMES frames if set."""
+    directory = os.environ.get("PARLEY_MEMORY_DUMP")
+    if not directory:
+        return
+    frames = int(os.environ.get("PARLEY_TRACEMALLOC_FRAMES") or 0)
+    counter = itertools.count(1)
+
+    def on_signal(*_: object) -> None:
+        dump_memory(Path(directory), next(counter))
+        if frames and not tracemalloc.is_tracing():
+            tracemalloc.start(frames)
+
+    # A Python signal handler runs on the main thread, the reactor's, between two callbacks.
+    signal.signal(signal.SIGUSR2, on_signal)
+
+
 def main() -> None:
+    install_memory_dump()
     ParleyCommandLine().run(sys.argv[1:])
 
 
