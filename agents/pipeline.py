@@ -1337,6 +1337,7 @@ class AgentSession:
                 speaker=self.agent_speaker,
                 heard_text=heard,
                 heard_ms=heard_ms,
+                script=reply.text,
                 reason="barge_in" if by in ("vad", "client", "user") else by,
             )
             if reply.stream_id not in self.off_floor:

@@ -127,13 +127,22 @@ def speech_chunk(
     )
 
 
-def agent_cut(*, room_name: str, speaker: str, heard_text: str, heard_ms: int, reason: str) -> bool:
+def agent_cut(
+    *,
+    room_name: str,
+    speaker: str,
+    heard_text: str,
+    heard_ms: int,
+    reason: str,
+    script: str | None = None,
+) -> bool:
     """Barge-in on the core: the agent's turn ends now, interrupted, with what was heard.
 
     ``heard_ms`` is the agent's listener's playhead (agents/playout.py): the room may have
     got the reply later than the listener (it waited for the floor), so its own playhead
     would under-count. The heard text is published as a ``speech`` event marked
-    ``interrupted``. False when the agent holds no floor (nothing of
+    ``interrupted``; ``script`` (the whole reply so far) is kept as the stream's script.
+    False when the agent holds no floor (nothing of
     the reply reached the room yet, or its turn was already released).
     """
     with contextlib.suppress(Conflict, ApiError):
@@ -144,6 +153,7 @@ def agent_cut(*, room_name: str, speaker: str, heard_text: str, heard_ms: int, r
             heard_text=heard_text,
             heard_ms=heard_ms,
             reason=reason,
+            script=script,
         )
         return True
     return False

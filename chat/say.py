@@ -80,7 +80,15 @@ async def _speak(say: SayIn, synthesis: Synthesis, stream_id: str) -> dict[str, 
     fmt = PcmFormat(sample_rate_hz=synthesis.sample_rate_hz)
     piece_bytes = max(fmt.frame_bytes, fmt.bytes_for(say.chunk_ms / 1000))
 
+    sent_words = 0
+
     def chunk(seq: int, data: bytes, *, done: bool) -> services.ChunkIn:
+        # The text goes with the first chunk and the word marks as they are known, so a cut
+        # (a moderator's, or a failed synthesis) publishes exactly the words that played;
+        # the core publishes the text only when playback ends or is cut.
+        nonlocal sent_words
+        words = tuple(synthesis.words[sent_words:])
+        sent_words = len(synthesis.words)
         return services.ChunkIn(
             room_name=say.room,
             speaker=say.speaker,
@@ -88,8 +96,9 @@ async def _speak(say: SayIn, synthesis: Synthesis, stream_id: str) -> dict[str, 
             seq=seq,
             data=data,
             done=done,
-            speech_text=say.text if done else "",
+            speech_text=say.text if seq == 0 or done else "",
             fmt=fmt,
+            words=words,
         )
 
     seq = 0

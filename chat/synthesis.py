@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from speech.services import SpeechChunk, engine_for, get_registry, synthesis_stream
@@ -32,6 +32,8 @@ class Synthesis:
     voice: str
     _first: SpeechChunk | None
     _chunks: AsyncIterator[SpeechChunk]
+    # (text offset, output byte offset) of each word the engine marked, as audio is yielded.
+    words: list[tuple[int, int]] = field(default_factory=list)
 
     def note_sent(self, n_bytes: int) -> None:
         """Record bytes written to the client (SpeechJob bytes_sent and time to first byte)."""
@@ -43,9 +45,14 @@ class Synthesis:
         async with contextlib.aclosing(self._chunks):
             if self._first is None:
                 return
+            self._note_words(self._first)
             yield self._first.pcm
             async for chunk in self._chunks:
+                self._note_words(chunk)
                 yield chunk.pcm
+
+    def _note_words(self, chunk: SpeechChunk) -> None:
+        self.words.extend((m.text_offset, m.audio_offset) for m in chunk.marks if m.kind == "word")
 
     async def counted(self, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """`pieces` unchanged, each recorded as sent to the client."""

@@ -145,7 +145,7 @@ class StreamAdmin(RecordAdmin):
     )
     list_select_related = ("room",)
     list_filter = ("status", "kind", "room", "speaker", "created_at")
-    search_fields = ("stream_id", "speaker", "speech_text")
+    search_fields = ("stream_id", "speaker", "speech_text", "script")
     date_hierarchy = "created_at"
     readonly_fields = ("audio_player", "duration", "missing")
     inlines = [ChunkInline]
@@ -190,14 +190,31 @@ class ChunkAdmin(RecordAdmin):
 
 @admin.register(Utterance)
 class UtteranceAdmin(RecordAdmin):
-    list_display = ("room", "speaker", "short_text", "duration_ms", "heard_ms", "published_at")
+    list_display = (
+        "room",
+        "speaker",
+        "short_text",
+        "unsaid",
+        "duration_ms",
+        "heard_ms",
+        "published_at",
+    )
     list_select_related = ("room",)
     list_filter = ("room", "speaker", "created_at")
-    search_fields = ("text", "speaker")
+    search_fields = ("text", "script", "speaker")
 
-    @admin.display(description="text", ordering="text")
+    @admin.display(description="said", ordering="text")
     def short_text(self, utterance: Utterance) -> str:
         return short(utterance.text, 60)
+
+    @admin.display(description="script not said (cut off)")
+    def unsaid(self, utterance: Utterance) -> str:
+        # The part of the script after what was heard: what a cut kept from the room.
+        script, said = utterance.script, utterance.text
+        if not script or script.strip() == said.strip():
+            return "-"
+        rest = script[len(said) :] if script.startswith(said) else script
+        return short(rest.strip(), 60)
 
 
 @admin.register(RoomEvent)

@@ -111,7 +111,13 @@ class Stream(models.Model):
     # [first, last] ranges, and how many seqs they are in all (a count, never a list).
     missing_ranges = models.JSONField(default=list, blank=True)
     missing_count = models.PositiveIntegerField(default=0)
+    # What was said: the whole text, or only its heard part once the stream was cut off.
     speech_text = models.TextField(blank=True)
+    # The text as the speaker sent it (the script), kept whole when a cut shortens speech_text.
+    script = models.TextField(blank=True)
+    # [text offset, audio byte offset] of each word, when the producer knew them (Parley's
+    # own TTS, chat.say): a cut then publishes exactly the words that had started playing.
+    word_marks = models.JSONField(default=list, blank=True)
 
     first_arrival_at = models.DateTimeField(null=True, blank=True)
     # Where the listener's playhead will be after the last published chunk.
@@ -176,7 +182,8 @@ class Utterance(models.Model):
     stream = models.OneToOneField(Stream, on_delete=models.CASCADE, related_name="utterance")
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="utterances")
     speaker = models.CharField(max_length=128)
-    text = models.TextField(blank=True)
+    text = models.TextField(blank=True)  # what was said (the heard part of a cut utterance)
+    script = models.TextField(blank=True)  # the whole text as sent
     duration_ms = models.PositiveIntegerField(default=0)
     heard_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -105,6 +105,8 @@ def stream_as_dict(stream: Stream) -> dict[str, Any]:
         # The text is published when playback ends (or is cut), never before: a spectator
         # polling this endpoint must not read what has not been said yet.
         "speech_text": stream.speech_text if stream.ended_at is not None else None,
+        # The whole text as sent; differs from speech_text when the stream was cut off.
+        "script": stream.script if stream.ended_at is not None else None,
         "created_at": iso(stream.created_at),
         "finalized_at": iso(stream.finalized_at),
         "ended_at": iso(stream.ended_at),

@@ -407,7 +407,14 @@ class StreamSerializer(StreamFieldsSerializer):
     missing_count = serializers.IntegerField(help_text="how many seqs are missing in all")
     heard_ms = serializers.IntegerField(allow_null=True)
     speech_text = serializers.CharField(
-        allow_null=True, help_text="null until playback ended or was cut"
+        allow_null=True,
+        help_text="what was said: null until playback ended or was cut; of a cut stream, "
+        "only the words that had started playing",
+    )
+    script = serializers.CharField(
+        allow_null=True,
+        help_text="the whole text as the speaker sent it (null until playback ended or was "
+        "cut); longer than speech_text when the stream was cut off",
     )
     created_at = serializers.DateTimeField()
     finalized_at = serializers.DateTimeField(allow_null=True)

@@ -31,6 +31,7 @@ from streams.events import (
     room_group,
 )
 from streams.gaps import Gaps
+from streams.heard import heard_prefix
 from streams.models import (
     ACTIVE_TURN_STATUSES,
     Chunk,
@@ -56,6 +57,8 @@ ROOM_NAME_RE = re.compile(r"^(?!\.+$)[A-Za-z0-9._-]{1,64}$")
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._:-]+$")
 SPEAKER_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 MAX_STREAM_ID_LENGTH = 128
+# A stream's word marks: its text is at most MAX_SPEECH_TEXT characters, so far fewer words.
+MAX_WORD_MARKS = 20_000
 
 
 def validate_room_name(name: str) -> str:
@@ -176,26 +179,64 @@ def floor_claim(*, room_name: str, speaker: str) -> tuple[Turn, bool]:
 
 
 def _interrupt_stream(
-    stream: Stream, now: datetime, heard_text: str | None = None, heard_ms: int | None = None
-) -> None:
+    stream: Stream,
+    now: datetime,
+    heard_text: str | None = None,
+    heard_ms: int | None = None,
+    script: str | None = None,
+) -> str:
+    """Cut `stream` off at the listener's playhead; returns what was said ("" if nothing).
+
+    The stream's text becomes the part that was heard: `heard_text` when the caller knows
+    it (the voice agent models its own listener), else the words played by `heard_ms`
+    (the stream's word marks when it has them, its heard fraction otherwise;
+    streams/heard.py). The whole text stays as the `script`.
+    """
     heard = stream_heard_ms(stream, now) if heard_ms is None else heard_ms
-    stream.heard_ms = min(max(0, heard), _duration_ms(stream))
-    if heard_text is not None:
-        # What the listener heard of a cut reply is its text from now on (voice agent).
-        stream.speech_text = heard_text
+    duration = _duration_ms(stream)
+    stream.heard_ms = min(max(0, heard), duration)
+    stream.script = script or stream.script or stream.speech_text
+    if heard_text is None:
+        fmt = stream.pcm_format
+        heard_text = heard_prefix(
+            stream.script,
+            heard_bytes=fmt.bytes_for(stream.heard_ms / 1000),
+            audio_bytes=stream.total_bytes,
+            complete=stream.final_seq is not None,
+            bytes_per_second=fmt.sample_rate_hz * fmt.frame_bytes,  # of the text at 1x
+            words=stream.word_marks,
+        )
+    stream.speech_text = heard_text
     stream.status = StreamStatus.INTERRUPTED
     stream.ended_at = now
-    stream.save(update_fields=["heard_ms", "status", "ended_at", "speech_text"])
+    stream.save(update_fields=["heard_ms", "status", "ended_at", "speech_text", "script"])
     Utterance.objects.update_or_create(
         stream=stream,
         defaults={
             "room_id": stream.room_id,
             "speaker": stream.speaker,
             "text": stream.speech_text,
-            "duration_ms": _duration_ms(stream),
+            "script": stream.script,
+            "duration_ms": duration,
             "heard_ms": stream.heard_ms,
         },
     )
+    return heard_text
+
+
+def _publish_heard(batch: EventBatch, stream: Stream, said: str) -> None:
+    """The `speech` event of a cut stream: only what was heard, marked `interrupted`."""
+    if said:
+        batch.add(
+            "speech",
+            {
+                "stream_id": stream.stream_id,
+                "speaker": stream.speaker,
+                "text": said,
+                "interrupted": True,
+                "heard_ms": stream.heard_ms,
+            },
+        )
 
 
 def _live_stream(turn: Turn) -> Stream | None:
@@ -214,12 +255,16 @@ def floor_yield(
     heard_text: str | None = None,
     heard_ms: int | None = None,
     reason: str | None = None,
+    script: str | None = None,
 ) -> Turn:
     """The holder gives the floor up, or a moderator (force) cuts the speaker off.
 
-    `heard_text`, when given, is what the listener heard of the stream being cut off (a voice
-    agent's barge-in): it becomes the stream's and utterance's text and is published as a
-    `speech` event marked `interrupted`, with `heard_ms`, before the turn event.
+    The stream being cut off keeps its whole text as its `script`; what was heard of it
+    becomes the stream's and utterance's text and is published as a `speech` event marked
+    `interrupted`, with `heard_ms`, before the turn event. `heard_text`, when given, is that
+    heard part as a surface knows it (a voice agent's barge-in); otherwise it is worked out
+    from the room's playhead (streams/heard.py). `script`, when given, is the whole text
+    of a stream whose text had not arrived yet (the agent's reply).
     `heard_ms`, when given, is that surface's own listener's playhead (the room's would
     under-count a stream it got late, after waiting for the floor). `reason` replaces the
     turn's recorded reason ("forced" / "yielded").
@@ -241,18 +286,8 @@ def floor_yield(
         stream = _live_stream(turn)
         batch = EventBatch(room)
         if stream is not None:
-            _interrupt_stream(stream, now, heard_text, heard_ms)
-            if heard_text:
-                batch.add(
-                    "speech",
-                    {
-                        "stream_id": stream.stream_id,
-                        "speaker": stream.speaker,
-                        "text": heard_text,
-                        "interrupted": True,
-                        "heard_ms": stream.heard_ms,
-                    },
-                )
+            said = _interrupt_stream(stream, now, heard_text, heard_ms, script)
+            _publish_heard(batch, stream, said)
             turn.status = TurnStatus.INTERRUPTED
         else:
             turn.status = TurnStatus.RELEASED
@@ -279,6 +314,9 @@ class ChunkIn:
     done: bool
     speech_text: str
     fmt: PcmFormat
+    # (text offset, audio byte offset) word marks from a producer that has them (chat.say):
+    # appended to the stream's, so a cut publishes exactly the words played.
+    words: tuple[tuple[int, int], ...] = ()
 
 
 FORMAT_FIELDS = ("sample_rate_hz", "channels", "bytes_per_sample", "playback_speed")
@@ -387,6 +425,7 @@ def _finalize(stream: Stream, room: Room, batch: EventBatch, now: datetime) -> N
             "room": room,
             "speaker": stream.speaker,
             "text": stream.speech_text,
+            "script": stream.script or stream.speech_text,
             "duration_ms": stream.duration_ms,
         },
     )
@@ -608,7 +647,10 @@ def chunk_ingest(chunk: ChunkIn) -> dict[str, Any]:
         stream.total_bytes += record.size
         stream.chunk_count += 1
         if chunk.speech_text:
-            stream.speech_text = chunk.speech_text
+            stream.speech_text = stream.script = chunk.speech_text
+        if chunk.words and len(stream.word_marks) < MAX_WORD_MARKS:
+            room_left = MAX_WORD_MARKS - len(stream.word_marks)
+            stream.word_marks = [*stream.word_marks, *map(list, chunk.words[:room_left])]
         if in_order and buffered_before > 0:
             _publish_buffered(stream, batch, now, skip_gaps=False)
         if chunk.done:
@@ -658,7 +700,7 @@ def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | Non
     stream, a final or out-of-order chunk, a retry, a format change, a limit), which the
     general path then handles and answers in full.
     """
-    if chunk.done or chunk.speech_text or not chunk.data:
+    if chunk.done or chunk.speech_text or chunk.words or not chunk.data:
         return None
     ops = connection.ops
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
@@ -791,6 +833,8 @@ STREAM_PROGRESS_FIELDS = [
     "emitted_bytes",
     "final_seq",
     "speech_text",
+    "script",
+    "word_marks",
     "playhead_at",
     "gap_deadline",
 ]
@@ -942,9 +986,9 @@ def turn_expire(*, turn_id: Any) -> bool:
             return False
         turn.refresh_from_db()
         stream = _live_stream(turn)
-        if stream is not None:
-            _interrupt_stream(stream, now)
         batch = EventBatch(room)
+        if stream is not None:
+            _publish_heard(batch, stream, _interrupt_stream(stream, now))
         _turn_changed(batch, turn)
         batch.add("state", room_state(room))
         batch.flush()

@@ -239,3 +239,28 @@ async def test_auth_like_the_core(require_key):
     assert anonymous.status_code == 401 and anonymous.json()["error"] == "auth_required"
     assert mismatch.status_code == 403 and mismatch.json()["error"] == "speaker_mismatch"
     assert ok.status_code == 200 and ok.json()["speaker"] == "npc-7"
+
+
+async def test_a_cut_say_publishes_the_words_its_marks_say_were_heard():
+    """Issue 10 §5: Parley's own TTS records word marks, so a cut is exact to the word."""
+    from streams import services
+
+    text = "Alpha bravo charlie delta echo foxtrot golf hotel india juliet."
+    async with http() as client:
+        said = await client.post(
+            "/api/rooms/say-cut/say", json={"speaker": "bard", "text": text, "stream_id": "cut-1"}
+        )
+    assert said.status_code == 200, said.text
+    stream = await database_sync_to_async(Stream.objects.get)(stream_id="cut-1")
+    marks = stream.word_marks
+    assert len(marks) == 10  # one per word, from eSpeak NG
+    assert [m[0] for m in marks] == [text.index(w) for w in text.rstrip(".").split()]
+    assert all(a[1] < b[1] for a, b in zip(marks, marks[1:], strict=False))
+    # Cut 1 ms after "echo" starts playing: five words were heard, by the marks.
+    echo_ms = marks[4][1] / (stream.sample_rate_hz * 2) * 1000
+    await database_sync_to_async(services.floor_yield)(
+        room_name="say-cut", speaker=None, force=True, heard_ms=int(echo_ms) + 1
+    )
+    await database_sync_to_async(stream.refresh_from_db)()
+    assert stream.speech_text == "Alpha bravo charlie delta echo"
+    assert stream.script == text
