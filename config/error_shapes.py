@@ -88,8 +88,21 @@ def validation_detail(code: str, message: str, field: str | None) -> list[dict[s
         kind = "json_invalid" if code == "malformed_json" else "value_error"
     else:
         kind = "value_error"
-    loc: list[str] = ["body", field] if field else ["body"]
+    loc: list[str | int] = ["body", *_field_path(field)] if field else ["body"]
     return [{"loc": loc, "msg": message, "type": kind}]
+
+
+def _field_path(field: str) -> list[str | int]:
+    """A field as FastAPI's `loc`: a multi-voice segment's "input[2].voice" is
+    ["input", 2, "voice"]; any other name is one part, dots and all."""
+    match = _ITEM_FIELD.match(field)
+    if match is None:
+        return [field]
+    name, index, rest = match.groups()
+    return [name, int(index), *([rest] if rest is not None else [])]
+
+
+_ITEM_FIELD = re.compile(r"^(\w+)\[(\d+)\](?:\.(.+))?$", re.DOTALL)
 
 
 def reshape(body: Any, status: int) -> dict[str, Any] | None:
