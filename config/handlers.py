@@ -85,11 +85,16 @@ def _refusal(code: str, detail: str, status: int, field: str | None = None) -> J
     return response
 
 
-def body_limit(content_type: str) -> int:
+def body_limit(content_type: str, path: str = "") -> int:
     """Largest body in bytes an API request of this media type may have: multipart uploads
     (voices, transcriptions) up to PARLEY_MAX_UPLOAD_BYTES (each view checks its own smaller
     limit), anything else up to DATA_UPLOAD_MAX_MEMORY_SIZE, which Django refuses to read
-    past anyway."""
+    past anyway. Socket.IO's long-polling POSTs (`/socket.io/...`) up to engine.io's own
+    buffer (recordings/sio.py), so an oversized chunk reaches our `chunk_too_large`."""
+    if path.startswith("/socket.io/"):
+        from recordings.sio import max_message_bytes
+
+        return max_message_bytes()
     if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
         return settings.PARLEY_MAX_UPLOAD_BYTES
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -29,7 +29,9 @@ WebSockets: the cap on a client's message (`--websocket-max-message-size`, 1 MiB
 applied to what the application sends (autobahn applies it both ways: a legal 1 MiB chunk's
 1.4 MB `audio_chunk` event never reached a spectator); and a client's protocol error (a text
 frame of invalid UTF-8, a message over the cap) is answered with a close frame and its code
-(1007, 1009, 1002), not a dropped TCP connection.
+(1007, 1009, 1002), not a dropped TCP connection. Socket.IO's path takes the messages its
+long-polling transport takes (4x PARLEY_MAX_CHUNK_BYTES as base64), so an oversized chunk
+gets `chunk_too_large` over either transport, not a 1009.
 
 daphne also drops the reason of an application's `websocket.close`: here it reaches the client
 with the code (`4404 not_found: ...`, `4400 invalid room`, ...).
@@ -84,13 +86,14 @@ def error_json(status: int, detail: str) -> bytes:
     return json.dumps({"error": code, "detail": detail, "field": None}).encode()
 
 
-def body_cap(content_type: bytes | None) -> int | None:
-    """The largest body the application accepts for this media type (None: no cap known)."""
+def body_cap(content_type: bytes | None, path: bytes = b"") -> int | None:
+    """The largest body the application accepts for this media type at this path (None: no
+    cap known)."""
     try:
         from config.handlers import body_limit
     except Exception:  # another application than Parley's
         return None
-    return body_limit((content_type or b"").decode("latin-1"))
+    return body_limit((content_type or b"").decode("latin-1"), path.decode("latin-1"))
 
 
 class ParleyHTTPChannel(HTTPChannel):
@@ -160,7 +163,12 @@ class ParleyWebRequest(WebRequest):
         self._parsePOSTFormSubmission = False  # Twisted sets it per instance
 
     def gotLength(self, length: int | None) -> None:
-        self._cap = body_cap(self.requestHeaders.getRawHeaders(b"content-type", [None])[0])
+        # The request line is parsed (the channel keeps its path); the request's own .path
+        # is only set once the body has arrived.
+        path = getattr(self.channel, "_path", b"") or b""
+        self._cap = body_cap(
+            self.requestHeaders.getRawHeaders(b"content-type", [None])[0], path.split(b"?")[0]
+        )
         if length is not None and self._cap is not None and length > self._cap:
             self._refuse_body(length)
             length = 0  # nothing of it is kept
@@ -200,6 +208,19 @@ class ParleyWebRequest(WebRequest):
 class ParleyWebSocketProtocol(WebSocketProtocol):
     """daphne's WebSocket protocol, sending the close reason the application gave, and any
     message the application sends, whatever daphne's cap on what clients send."""
+
+    def onConnect(self, request: Any) -> Any:
+        if request.path.startswith("/socket.io/"):
+            # A Socket.IO chunk a little over PARLEY_MAX_CHUNK_BYTES is one binary frame a
+            # little over daphne's 1 MiB cap, which closed the socket with 1009 before our
+            # check could answer `chunk_too_large` and let the session go on. The recording
+            # endpoint's cap is engine.io's long-polling buffer (recordings/sio.py), so both
+            # transports refuse the same sizes the same way; every other path keeps 1 MiB.
+            from recordings.sio import max_message_bytes
+
+            cap = max(self.maxMessagePayloadSize, max_message_bytes())
+            self.maxMessagePayloadSize = self.maxFramePayloadSize = cap
+        return super().onConnect(request)
 
     def sendMessage(self, payload: bytes, *args: Any, **kwargs: Any) -> None:
         # autobahn checks what the server sends against maxMessagePayloadSize too, the cap

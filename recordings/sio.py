@@ -41,10 +41,12 @@ SOCKETIO_PATH = "socket.io"
 OVERSIZE_FACTOR = 4
 
 
-def _max_message_bytes() -> int:
+def max_message_bytes() -> int:
     """engine.io's max_http_buffer_size: one polling POST may hold a chunk of
     OVERSIZE_FACTOR x our limit, as base64 (4/3 the size: long-polling carries binary that
-    way), plus room for the packet framing and a few small events batched with it."""
+    way), plus room for the packet framing and a few small events batched with it. The
+    websocket transport gets the same cap (config/server.py), so over either transport a
+    chunk up to OVERSIZE_FACTOR x the limit is answered `chunk_too_large`."""
     return settings.PARLEY_MAX_CHUNK_BYTES * OVERSIZE_FACTOR * 4 // 3 + 64 * 1024
 
 
@@ -157,7 +159,7 @@ sio = _Server(
     # and with PARLEY_CORS_ORIGINS="*" engineio echoes any page's origin, so allowing
     # credentials would hand every page a visitor's cookies for this origin.
     cors_credentials=False,
-    max_http_buffer_size=_max_message_bytes(),
+    max_http_buffer_size=max_message_bytes(),
     logger=False,
     engineio_logger=False,
 )

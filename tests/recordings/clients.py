@@ -24,7 +24,7 @@ import httpx
 import socketio
 import websockets
 
-from tests.support.servers import PROJECT_ROOT, DaphneProcess
+from tests.support.servers import PARLEY_SERVER, PROJECT_ROOT, DaphneProcess
 
 NAMESPACE = "/streaming"
 RATE = 16000
@@ -217,13 +217,15 @@ def migrate(env: Mapping[str, str | None]) -> None:
 
 
 def start_embedded(var_dir: Path, count: int = 1) -> list[DaphneProcess]:
-    """`count` daphne processes serving one migrated embedded-default Parley (one SQLite
-    file), started side by side: each takes seconds to import Django."""
+    """`count` Parley servers (`python -m config.server`, as bin/serve runs them) serving
+    one migrated embedded-default Parley (one SQLite file), started side by side: each
+    takes seconds to import Django."""
     env = embedded_env(var_dir)
     migrate(env)
     with ThreadPoolExecutor(count) as pool:
         starts = [
-            pool.submit(DaphneProcess, env=env, name="daphne-recordings") for _ in range(count)
+            pool.submit(DaphneProcess, env=env, name="daphne-recordings", server=PARLEY_SERVER)
+            for _ in range(count)
         ]
         return [start.result() for start in starts]
 
