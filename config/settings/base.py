@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "streams",
     "spectate",
     "speech",
+    "speechws",
     "longform",
     "chat",
     "recordings",
@@ -360,6 +361,15 @@ PARLEY_SPEECH_JOB_STALE_S = env_float("PARLEY_SPEECH_JOB_STALE_S", 90.0)
 PARLEY_TTS_LONG_MAX_CHARS = env_int("PARLEY_TTS_LONG_MAX_CHARS", 100_000)
 PARLEY_TTS_LONG_PIECE_CHARS = env_int("PARLEY_TTS_LONG_PIECE_CHARS", 500)
 PARLEY_TTS_LONG_LEASE_S = env_float("PARLEY_TTS_LONG_LEASE_S", 30.0)
+# WS /v1/audio/speech/ws (docs/speech.md "WebSocket: text in, audio out"): the largest client
+# frame, text per append and per session, the idle close, how far audio may run ahead of the
+# listener's real-time playhead, and the audio per frame.
+PARLEY_TTS_WS_MAX_FRAME_BYTES = env_int("PARLEY_TTS_WS_MAX_FRAME_BYTES", 64 * 1024)
+PARLEY_TTS_WS_MAX_APPEND_CHARS = env_int("PARLEY_TTS_WS_MAX_APPEND_CHARS", 4096)
+PARLEY_TTS_WS_MAX_SESSION_CHARS = env_int("PARLEY_TTS_WS_MAX_SESSION_CHARS", 100_000)
+PARLEY_TTS_WS_IDLE_S = env_float("PARLEY_TTS_WS_IDLE_S", 60.0)
+PARLEY_TTS_WS_LEAD_MS = env_int("PARLEY_TTS_WS_LEAD_MS", 5000)
+PARLEY_TTS_WS_FRAME_MS = env_int("PARLEY_TTS_WS_FRAME_MS", 200)
 
 # Voice agent (agents/, docs/agent.md, seed 003).
 # Speech-to-text: "whisper" (offline, faster-whisper + Whisper tiny.en shipped as a package) or
