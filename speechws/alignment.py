@@ -57,7 +57,7 @@ def align_words(
     """
     spans = words_of(text)
     exact: dict[int, float] = {}
-    anchors: dict[int, float] = {0: 0.0}
+    anchors: dict[int, float] = {}  # text offset -> ms: the marks, then the two ends
     word_starts = [start for start, _end in spans]
     for _kind, offset, ms in marks:
         if not 0 <= offset <= len(text):
@@ -70,7 +70,8 @@ def align_words(
         anchors.setdefault(offset, ms)
         if offset in word_starts:
             exact.setdefault(offset, ms)
-    anchors[len(text)] = duration_ms
+    anchors.setdefault(0, 0.0)
+    anchors[len(text)] = max(duration_ms, anchors.get(len(text), 0.0))
     positions = sorted(anchors)
     # Anchors must not run backwards in time (a mark out of order would make words overlap).
     times: list[float] = []

@@ -436,6 +436,7 @@ class SpeechSocket:
         frame_bytes -= frame_bytes % 2
         spans = words_of(piece.text)
         word_starts = [start for start, _end in spans]
+        marked: set[int] = set()
         marks: list[tuple[str, int, float]] = []
         waiting: deque[tuple[int, int, int]] = deque()  # word marks not yet in a frame
         job = None
@@ -459,7 +460,9 @@ class SpeechSocket:
                     for mark in chunk.marks:
                         marks.append((mark.kind, mark.text_offset, _ms(mark.audio_offset, rate)))
                         index = bisect.bisect_right(word_starts, mark.text_offset) - 1
-                        if mark.kind == "word" and index >= 0:
+                        # A word's first mark only (eSpeak marks "3.30" as three words).
+                        if mark.kind == "word" and index >= 0 and index not in marked:
+                            marked.add(index)
                             start, end = spans[index]
                             waiting.append((start, end, mark.audio_offset))
                     pcm = chunk.pcm
