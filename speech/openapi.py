@@ -48,7 +48,11 @@ VOICE_FILE = {"type": "string", "format": "binary", "description": "reference au
 SPEECH_UPLOAD = _object(
     {
         **SPEECH_REQUEST["properties"],
-        # A form field is text: {"id": name} is for JSON bodies only.
+        # A form field is text: {"id": name} and a multi-voice list are for JSON bodies only.
+        "input": {
+            **SPEECH_REQUEST["properties"]["input"]["oneOf"][0],
+            "description": "Text to convert to speech (a multi-voice list: send JSON)",
+        },
         "voice": SPEECH_REQUEST["properties"]["voice"]["oneOf"][0],
         "voice_file": VOICE_FILE,
     },
@@ -188,7 +192,14 @@ def _with_models(schema: dict[str, Any], models: list[str]) -> dict[str, Any]:
     a missing model mean the default engine)."""
     model = {**schema["properties"]["model"], "enum": ["", *models, None]}
     model.pop("pattern", None)
-    return {**schema, "properties": {**schema["properties"], "model": model}}
+    properties = {**schema["properties"], "model": model}
+    text = properties["input"]
+    if "oneOf" in text:  # a multi-voice segment's own model: the same names
+        as_text, as_list = text["oneOf"]
+        items = as_list["items"]
+        items = {**items, "properties": {**items["properties"], "model": model}}
+        properties["input"] = {**text, "oneOf": [as_text, {**as_list, "items": items}]}
+    return {**schema, "properties": properties}
 
 
 def _wav_only(schema: dict[str, Any]) -> dict[str, Any]:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streams.errors import ApiError
 
 RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 STREAM_FORMATS = ("audio", "sse")
-STRATEGIES = ("sentence", "paragraph", "fixed", "word")
+STRATEGIES = ("sentence", "paragraph", "fixed", "word", "adaptive")
 QUALITIES = ("fast", "balanced", "high")
 MAX_INPUT_CHARS = 4096
+# Multi-voice input: at most this many segments, MAX_INPUT_CHARS in all.
+MAX_SEGMENTS = 64
+# The segments' texts are joined with this for the job's text, usage and marks' offsets.
+SEGMENT_JOINER = "\n\n"
 # JSON Schema (ECMA-262) patterns of the text _value accepts.
 _TEXT_CHAR = "[^\\x00\\ud800-\\udfff]"
 TEXT_PATTERN = f"^{_TEXT_CHAR}*$"
@@ -42,8 +46,22 @@ class FieldSpec:
     # Over max_length is the server's limit, not a malformed request: 400 `<name>_too_long`
     # (the speech endpoints answer request validation with 422, issue 10).
     length_is_limit: bool = False
+    # Multi-voice: the value may also be a list of objects with these fields (JSON only),
+    # each naming its own voice; see parse_segments.
+    segments: tuple[FieldSpec, ...] = ()
 
     def openapi(self) -> dict[str, Any]:
+        schema = self._openapi()
+        if not self.segments:
+            return schema
+        text = {k: v for k, v in schema.items() if k != "description"}
+        return {
+            "oneOf": [text, segments_openapi(self.segments)],
+            "description": self.description
+            + "; or a list of segments, each spoken in its own voice, as one stream",
+        }
+
+    def _openapi(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
             "str": {"type": "string"},
             "enum": {"type": "string", "enum": list(self.choices)},
@@ -79,6 +97,26 @@ class FieldSpec:
             }
             schema = {"oneOf": [schema, by_id], "description": schema.get("description", "")}
         return schema
+
+
+def segments_openapi(specs: tuple[FieldSpec, ...]) -> dict[str, Any]:
+    """The JSON Schema of a multi-voice input: 1-MAX_SEGMENTS objects of ``specs``."""
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_SEGMENTS,
+        "description": (
+            f"Multi-voice: up to {MAX_SEGMENTS} segments spoken in order as one stream, "
+            f"{MAX_INPUT_CHARS} characters in all (400 input_too_long beyond). A segment "
+            "without voice or model takes the request's."
+        ),
+        "items": {
+            "type": "object",
+            "properties": {spec.name: spec.openapi() for spec in specs},
+            "required": [spec.name for spec in specs if spec.required],
+            "additionalProperties": False,
+        },
+    }
 
 
 # The seed's synthesis knobs: the ``params`` of synthesis_stream.
@@ -123,28 +161,41 @@ KNOB_DEFAULTS: dict[str, Any] = {
     spec.name: spec.default for spec in KNOB_FIELDS if spec.default is not None
 }
 
+MODEL_FIELD = FieldSpec(
+    "model",
+    "str",
+    max_length=64,
+    description="tts-1, tts-1-hd, gpt-4o-mini-tts (the default engine) or an engine name",
+)
+TEXT_FIELD = FieldSpec(
+    "input",
+    "str",
+    required=True,
+    max_length=MAX_INPUT_CHARS,
+    description="Text to convert to speech",
+    length_is_limit=True,
+)
+VOICE_FIELD = FieldSpec(
+    "voice",
+    "str",
+    max_length=128,
+    description='OpenAI voice name, engine voice id or stored voice name, or {"id": name}',
+    id_object=True,
+)
+# One segment of a multi-voice input: its text, and optionally its own voice and model.
+SEGMENT_FIELDS: tuple[FieldSpec, ...] = (
+    replace(VOICE_FIELD, description="This segment's voice (default: the request's voice)"),
+    replace(TEXT_FIELD, description="This segment's text"),
+    replace(
+        MODEL_FIELD,
+        description="This segment's model or engine (default: the request's model)",
+    ),
+)
+
 SPEECH_FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec(
-        "model",
-        "str",
-        max_length=64,
-        description="tts-1, tts-1-hd, gpt-4o-mini-tts (the default engine) or an engine name",
-    ),
-    FieldSpec(
-        "input",
-        "str",
-        required=True,
-        max_length=MAX_INPUT_CHARS,
-        description="Text to convert to speech",
-        length_is_limit=True,
-    ),
-    FieldSpec(
-        "voice",
-        "str",
-        max_length=128,
-        description='OpenAI voice name, engine voice id or stored voice name, or {"id": name}',
-        id_object=True,
-    ),
+    MODEL_FIELD,
+    replace(TEXT_FIELD, segments=SEGMENT_FIELDS),
+    VOICE_FIELD,
     FieldSpec(
         "response_format",
         "enum",
@@ -208,7 +259,79 @@ def _number(spec: FieldSpec, value: Any, *, from_form: bool) -> float | int:
     return value
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One voice's part of a multi-voice input; None: the request's voice / model."""
+
+    input: str
+    voice: str | None = None
+    model: str | None = None
+
+
+def joined_text(segments: Iterable[Segment]) -> str:
+    """The whole text of a multi-voice input (the job's text; marks' offsets point into it)."""
+    return SEGMENT_JOINER.join(segment.input for segment in segments)
+
+
+def segment_offsets(segments: Iterable[Segment]) -> list[int]:
+    """Where each segment's text starts in :func:`joined_text`."""
+    offsets, position = [], 0
+    for segment in segments:
+        offsets.append(position)
+        position += len(segment.input) + len(SEGMENT_JOINER)
+    return offsets
+
+
+def in_segment(error: ApiError, index: int, *, name: str = "input") -> ApiError:
+    """``error`` about a field of segment ``index``: its field becomes ``input[2].voice`` and
+    its message says which segment."""
+    where = f"{name}[{index}]"
+    field_path = f"{where}.{error.field}" if error.field else where
+    detail = error.detail if error.detail.startswith(where) else f"{where}: {error.detail}"
+    # The same class and status (a SynthesisFailed stays one), code and extras.
+    moved = type(error).__new__(type(error), detail)
+    moved.__dict__.update(vars(error))
+    moved.args, moved.field, moved.detail = (detail,), field_path, detail
+    return moved
+
+
+def parse_segments(spec: FieldSpec, value: list[Any]) -> tuple[Segment, ...]:
+    """A multi-voice ``input``: 1-MAX_SEGMENTS objects of spec.segments, every error naming
+    its segment (``input[2].voice``); MAX_INPUT_CHARS (spec.max_length) in all."""
+    name = spec.name
+    if not value:
+        raise _invalid(name, f"{name} as a list needs at least one segment.")
+    if len(value) > MAX_SEGMENTS:
+        raise _invalid(name, f"{name} may have at most {MAX_SEGMENTS} segments, got {len(value)}.")
+    found = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ApiError(
+                f"invalid_{name}",
+                f"{name}[{index}] must be an object like "
+                '{"voice": "nova", "input": "Hello."}, '
+                f"got {type(item).__name__}.",
+                field=f"{name}[{index}]",
+            )
+        try:
+            parsed = parse_fields(item, spec.segments)
+        except ApiError as error:
+            raise in_segment(error, index, name=name) from None
+        found.append(Segment(**parsed.values))
+    total = sum(len(segment.input) for segment in found)
+    if spec.max_length is not None and total > spec.max_length:
+        raise ApiError(
+            f"{name}_too_long",
+            f"{name} must be at most {spec.max_length} characters in all its segments, "
+            f"got {total}.",
+            field=name,
+        )
+    return tuple(found)
+
+
 def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
+    if spec.segments and isinstance(value, list) and not from_form:
+        return parse_segments(spec, value)
     if spec.kind in ("float", "int"):
         return _number(spec, value, from_form=from_form)
     if spec.id_object and isinstance(value, dict):
@@ -220,6 +343,12 @@ def _value(spec: FieldSpec, value: Any, *, from_form: bool) -> Any:
             )
         value = value["id"]
     if not isinstance(value, str):
+        if spec.segments and not from_form:
+            raise _invalid(
+                spec.name,
+                f"{spec.name} must be a string or a list of segments "
+                '({"voice": ..., "input": ...}).',
+            )
         raise _invalid(spec.name, f"{spec.name} must be a string.")
     if not is_text(value):
         raise _invalid(spec.name, f"{spec.name} is not valid Unicode text (a lone surrogate).")

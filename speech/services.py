@@ -49,7 +49,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,7 +61,15 @@ from django.utils import timezone
 from speech.jobs import ALL_JOBS_GROUP, LIVE, job_group
 from speech.library import default_voice_name, stored_voice_named
 from speech.models import JobStatus, SpeechJob, Voice
-from speech.params import KNOB_DEFAULTS, is_text, parse_knobs
+from speech.params import (
+    KNOB_DEFAULTS,
+    Segment,
+    in_segment,
+    is_text,
+    joined_text,
+    parse_knobs,
+    segment_offsets,
+)
 from speech.tts import (
     OPENAI_MODELS,
     OPENAI_VOICE_TO_ESPEAK,
@@ -76,8 +84,8 @@ from speech.tts import (
     VoiceNotFound,
     VoiceSample,
     astream,
-    split_spans,
 )
+from speech.tts.text import TextSpan, split_segments
 from streams.errors import ApiError
 from streams.runtime import runtime
 
@@ -723,6 +731,7 @@ class SpeechChunk:
     job: LiveJob
     piece: int
     marks: tuple[Mark, ...] = ()
+    segment: int = 0  # multi-voice: the index of the segment the audio belongs to
 
 
 class _Done:
@@ -735,6 +744,7 @@ _DONE = _Done()
 @dataclass(slots=True)
 class _Failure:
     error: BaseException
+    piece: int = 0  # the index of the piece being synthesized
 
 
 def _check_args(text: str, speed: float, sample_rate: int | None) -> None:
@@ -775,6 +785,47 @@ class _Resampler:
         return self.stream.resample_chunk(samples, last=last).astype("<i2").tobytes()
 
 
+async def _plans(
+    segments: list[Segment],
+    *,
+    model: str | None,
+    voice: str | None,
+    speed: float,
+    voice_sample: VoiceSample | None,
+    multi: bool,
+) -> list[_Plan]:
+    """Each segment's engine and voice (one resolution per distinct voice and model); for a
+    multi-voice request an error names its segment (field ``input[2].voice`` when the segment
+    set the voice, ``voice`` when it came from the request)."""
+    resolved: dict[tuple[str | None, str | None], _Plan] = {}
+    plans = []
+    for index, segment in enumerate(segments):
+        key = (
+            segment.model if segment.model is not None else model,
+            segment.voice if segment.voice is not None else voice,
+        )
+        if key not in resolved:
+            try:
+                resolved[key] = await _plan(
+                    model=key[0], voice=key[1], speed=speed, voice_sample=voice_sample
+                )
+            except ApiError as error:
+                if not multi:
+                    raise
+                moved = in_segment(error, index)
+                if error.field in ("voice", "model") and getattr(segment, error.field) is None:
+                    moved.field = error.field  # the request's field, not the segment's
+                raise moved from None
+        plans.append(resolved[key])
+    return plans
+
+
+def _distinct(values: list[str], limit: int) -> str:
+    """``values`` once each, in order, joined with "+", cut to ``limit`` characters."""
+    joined = "+".join(dict.fromkeys(value for value in values if value))
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
+
+
 async def synthesis_stream(
     *,
     text: str,
@@ -788,24 +839,76 @@ async def synthesis_stream(
     endpoint: str = "",
     response_format: str = "pcm",
     stream_format: str = "audio",
+    segments: Sequence[Segment] | None = None,
 ) -> AsyncIterator[SpeechChunk]:
-    """Synthesize ``text`` and yield PCM as it is produced; see the module docstring."""
+    """Synthesize ``text`` and yield PCM as it is produced; see the module docstring.
+
+    ``segments`` (multi-voice): the parts of the text and the voice (and model) of each,
+    spoken in order as one stream; ``text`` is then ignored (the job's text is the segments'
+    joined with a blank line, and marks' text offsets point into it), ``voice`` and
+    ``model`` are the defaults of segments that name none. Every segment's voice is resolved
+    before the first chunk, and an error names its segment (field ``input[2].voice``).
+    Segments on engines of different rates are each resampled to one output rate
+    (``sample_rate``, or the highest of their engines' rates).
+    """
+    multi = segments is not None
+    parts = list(segments) if multi else [Segment(input=text, voice=voice, model=model)]
+    if multi:
+        if not parts:
+            raise ApiError("invalid_input", "input has no segments.", field="input")
+        for index, segment in enumerate(parts):
+            try:
+                _check_args(segment.input, 1.0, None)
+            except ApiError as error:
+                raise in_segment(error, index) from None
+        text = joined_text(parts)
     _check_args(text, speed, sample_rate)
     knobs = parse_knobs(params)
-    plan = await _plan(model=model, voice=voice, speed=float(speed), voice_sample=voice_sample)
-    engine = plan.engine
-    out_rate = sample_rate or engine.sample_rate
+    plans = await _plans(
+        parts, model=model, voice=voice, speed=float(speed), voice_sample=voice_sample, multi=multi
+    )
+    plan, engine = plans[0], plans[0].engine
+    out_rate = sample_rate or max(p.engine.sample_rate for p in plans)
     values = {**KNOB_DEFAULTS, **knobs.values}
-    pieces = split_spans(text, values["streaming_strategy"], values["streaming_chunk_size"])
+    # Pieces never span two segments; piece_segment[i] is piece i's segment.
+    offsets = segment_offsets(parts)
+    split = split_segments(
+        [segment.input for segment in parts],
+        values["streaming_strategy"],
+        values["streaming_chunk_size"],
+    )
+    pieces = [
+        TextSpan(offsets[seg] + span.start, offsets[seg] + span.end, span.text)
+        for seg, spans in enumerate(split)
+        for span in spans
+    ]
+    piece_segment = [seg for seg, spans in enumerate(split) for _ in spans]
     recorded_params = {k: v for k, v in values.items() if v is not None}
+    if multi:
+        recorded_params["segments"] = [
+            {
+                "voice": segment.voice if segment.voice is not None else (voice or ""),
+                "model": segment.model if segment.model is not None else (model or ""),
+                "engine": p.engine_name,
+                "engine_voice": p.engine_voice or (p.engine.default_voice or ""),
+                "engine_sample_rate": p.engine.sample_rate,
+                "speed_applied": p.engine.clamp_speed(float(speed)),
+                "start": offsets[index],
+                "end": offsets[index] + len(segment.input),
+            }
+            for index, (segment, p) in enumerate(zip(parts, plans, strict=True))
+        ]
+    records = recorded_params.get("segments", [])
     job = LiveJob(
         kind=job_kind,
         endpoint=endpoint,
         text=text,
-        model=model or "",
-        engine=plan.engine_name,
-        voice=voice or "",
-        engine_voice=plan.engine_voice or (engine.default_voice or ""),
+        model=_distinct([r["model"] for r in records], 64) if multi else model or "",
+        engine=_distinct([p.engine_name for p in plans], 64),
+        voice=_distinct([r["voice"] for r in records], 128) if multi else voice or "",
+        engine_voice=_distinct(
+            [p.engine_voice or (p.engine.default_voice or "") for p in plans], 128
+        ),
         sample_rate=out_rate,
         engine_sample_rate=engine.sample_rate,
         speed=float(speed),
@@ -817,32 +920,29 @@ async def synthesis_stream(
         total_chunks=len(pieces),
     )
     _start_recording(job)
-    per_engine = engine_params(plan.engine_kind, values, knobs.given)
-    resampler = (
-        _Resampler(engine.sample_rate, out_rate, RESAMPLE_QUALITY[values["streaming_quality"]])
-        if out_rate != engine.sample_rate
-        else None
-    )
-    ratio = out_rate / engine.sample_rate
+    per_engine = [engine_params(p.engine_kind, values, knobs.given) for p in plans]
+    quality = RESAMPLE_QUALITY[values["streaming_quality"]]
     buffer_size: int = values["streaming_buffer_size"]
     queue: asyncio.Queue[tuple[int, Any] | _Done | _Failure] = asyncio.Queue()
     consumer_piece = 0
     advanced = asyncio.Event()
 
     async def produce() -> None:
+        index = 0
         try:
             for index, piece in enumerate(pieces):
                 # streaming_buffer_size: never more pieces ahead of the client than that.
                 while index > consumer_piece + buffer_size:
                     advanced.clear()
                     await advanced.wait()
+                speaker = plans[piece_segment[index]]
                 chunks = astream(
-                    engine,
+                    speaker.engine,
                     piece.text,
-                    voice=plan.engine_voice,
+                    voice=speaker.engine_voice,
                     speed=float(speed),
-                    params=per_engine,
-                    voice_sample=plan.voice_sample,
+                    params=per_engine[piece_segment[index]],
+                    voice_sample=speaker.voice_sample,
                 )
                 async with contextlib.aclosing(chunks):
                     async for chunk in chunks:
@@ -851,14 +951,23 @@ async def synthesis_stream(
         except asyncio.CancelledError:
             raise
         except BaseException as error:
-            queue.put_nowait(_Failure(error))
+            queue.put_nowait(_Failure(error, index))
 
     producer = asyncio.get_running_loop().create_task(produce(), name=f"speech-{job.id}")
     job.status = JobStatus.RUNNING
     job.started_at = timezone.now()
     job.current_chunk = 1 if pieces else 0
     job.touch()
-    engine_bytes = 0  # PCM at the engine's rate, for mark offsets
+    # Each segment is resampled on its own (its engine's rate to out_rate) and its resampler
+    # flushed when the next segment begins; marks' audio offsets are into the whole output.
+    segment: int | None = None
+    resampler: _Resampler | None = None
+    ratio = 1.0
+    segment_out_start = 0  # output bytes before the current segment
+    engine_bytes = 0  # PCM of the current segment at its engine's rate
+    # An engine's marks count from the start of its call (one piece): where that began.
+    piece_engine_start = 0
+    marked_piece = -1
     # streaming_buffer_size, when the client sends it, is also a start-up buffer: the audio of
     # the first N-1 text pieces is held back and leaves, whole, with the first audio of piece
     # N, trading time to first byte for audio in hand (no underrun when the engine is slower
@@ -874,13 +983,21 @@ async def synthesis_stream(
                 break
             if isinstance(item, _Failure):
                 error = item.error
+                failed_segment = piece_segment[item.piece] if item.piece < len(pieces) else 0
+                speaker = plans[failed_segment]
                 if isinstance(error, TTSError):
-                    raise _engine_error(error, engine_name=plan.engine_name, voice=voice)
-                if isinstance(error, ValueError):
-                    raise ApiError("invalid_params", str(error), field=None)
-                raise SynthesisFailed("synthesis_failed", f"Synthesis failed: {error!r}")
+                    failure = _engine_error(
+                        error,
+                        engine_name=speaker.engine_name,
+                        voice=records[failed_segment]["voice"] if multi else voice,
+                    )
+                elif isinstance(error, ValueError):
+                    failure = ApiError("invalid_params", str(error), field=None)
+                else:
+                    failure = SynthesisFailed("synthesis_failed", f"Synthesis failed: {error!r}")
+                raise in_segment(failure, failed_segment) if multi else failure
             index, chunk = item
-            parts = [chunk]
+            chunk_parts = [chunk]
             # An engine faster than the client leaves chunks queued: send them as one, so
             # per-chunk costs (resampling, a write, a loop turn) do not scale with speed.
             size = len(chunk.pcm)
@@ -889,7 +1006,7 @@ async def synthesis_stream(
                 if not isinstance(following, tuple) or following[0] != index:
                     pending = following
                     break
-                parts.append(following[1])
+                chunk_parts.append(following[1])
                 size += len(following[1].pcm)
             if job.first_audio_ms is None:
                 job.first_audio_ms = job.elapsed_ms()
@@ -898,25 +1015,44 @@ async def synthesis_stream(
                 advanced.set()
                 job.current_chunk = index + 1
                 job.touch()
+            tail = b""
+            if piece_segment[index] != segment:
+                if resampler is not None:  # the last samples of the segment before
+                    tail = resampler.feed(b"", last=True)
+                segment = piece_segment[index]
+                in_rate = plans[segment].engine.sample_rate
+                resampler = _Resampler(in_rate, out_rate, quality) if in_rate != out_rate else None
+                ratio = out_rate / in_rate
+                segment_out_start = job.audio_bytes + len(tail)
+                engine_bytes = 0
+            if index != marked_piece:
+                marked_piece, piece_engine_start = index, engine_bytes
             marks: list[Mark] = []
-            for part in parts:
+            for part in chunk_parts:
                 marks += (
                     Mark(
                         mark.kind,
                         pieces[index].start + mark.text_offset,
-                        round((engine_bytes + mark.audio_offset) * ratio / 2) * 2,
+                        segment_out_start
+                        + round((piece_engine_start + mark.audio_offset) * ratio / 2) * 2,
                     )
                     for mark in part.marks
                 )
                 engine_bytes += len(part.pcm)
-            raw = parts[0].pcm if len(parts) == 1 else b"".join(part.pcm for part in parts)
+            raw = (
+                chunk_parts[0].pcm
+                if len(chunk_parts) == 1
+                else b"".join(part.pcm for part in chunk_parts)
+            )
             pcm = resampler.feed(raw) if resampler is not None else raw
+            if tail:
+                pcm = tail + pcm
             if not pcm and not marks:
                 continue
             job.audio_bytes += len(pcm)
             job.touch()
             if index < hold_until:
-                held.append(SpeechChunk(pcm, job, index, tuple(marks)))
+                held.append(SpeechChunk(pcm, job, index, tuple(marks), segment))
                 continue
             if held:  # the start-up buffer leaves with the first audio of the next piece
                 pcm = b"".join([*(c.pcm for c in held), pcm])
@@ -925,15 +1061,17 @@ async def synthesis_stream(
             if job._first_yield_ms is None:
                 job._first_yield_ms = job.elapsed_ms()
                 job._output.set()
-            yield SpeechChunk(pcm, job, index, tuple(marks))
+            yield SpeechChunk(pcm, job, index, tuple(marks), segment)
         if held:  # the text had fewer pieces than the start-up buffer
             job._first_yield_ms = job.elapsed_ms()
             job._output.set()
+            last = held[-1]
             pcm = b"".join(c.pcm for c in held)
-            yield SpeechChunk(pcm, job, held[-1].piece, tuple(m for c in held for m in c.marks))
+            marks = [m for c in held for m in c.marks]
+            yield SpeechChunk(pcm, job, last.piece, tuple(marks), last.segment)
         if resampler is not None and (tail := resampler.feed(b"", last=True)):
             job.audio_bytes += len(tail)
-            yield SpeechChunk(tail, job, max(len(pieces) - 1, 0))
+            yield SpeechChunk(tail, job, max(len(pieces) - 1, 0), (), segment or 0)
         job.current_chunk = len(pieces)
         job.finish(JobStatus.COMPLETED)
     except (GeneratorExit, asyncio.CancelledError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speech import encoding
-from speech.params import KNOB_NAMES, SPEECH_FIELDS, parse_fields
+from speech.params import KNOB_NAMES, SPEECH_FIELDS, Segment, joined_text, parse_fields
 from speech.services import LiveJob, SpeechChunk, synthesis_stream
 from speech.tts import VoiceSample, has_speech
 from streams.errors import ApiError
@@ -37,6 +37,10 @@ class SpeechRequest:
     speed: float
     sample_rate: int | None
     knobs: dict[str, Any]  # the seed's knobs, only those the client sent
+    # Multi-voice (``input`` as a list): the segments, in order; ``text`` is then their
+    # texts joined (speech.params.joined_text), and voice/model the defaults of segments
+    # that name none. Empty for a plain text.
+    segments: tuple[Segment, ...] = ()
 
     @property
     def sse(self) -> bool:
@@ -74,8 +78,22 @@ def speech_request(
         response_format = "wav"
     elif values["stream_format"] == "sse" and "response_format" not in given:
         response_format = "pcm"  # the seed's SSE carries raw PCM described by speech.audio.info
+    text, segments = values["input"], ()
+    if isinstance(text, tuple):  # multi-voice: every segment must have something to say
+        segments = text
+        for index, segment in enumerate(segments):
+            if not has_speech(segment.input):
+                raise ApiError(
+                    "no_audio",
+                    f"input[{index}] has nothing to say: only punctuation, spaces, zero-width "
+                    "or control characters.",
+                    field=f"input[{index}].input",
+                    status_code=422,
+                )
+        text = joined_text(segments)
     return SpeechRequest(
-        text=values["input"],
+        text=text,
+        segments=segments,
         model=values["model"],
         voice=values["voice"],
         response_format=response_format,
@@ -157,6 +175,7 @@ async def open_speech(
         endpoint=endpoint,
         response_format=request.response_format,
         stream_format=request.stream_format,
+        segments=request.segments or None,
     )
     quality = request.knobs.get("streaming_quality", "balanced")
     encoder = None

@@ -12,13 +12,24 @@ and ``paragraph`` keep a unit whole when it fits and only then fall back to fine
   back to the sentence rules.
 - ``word``: pack words while they fit; a word longer than ``chunk_size`` is cut hard.
 - ``fixed``: exactly ``chunk_size`` characters per piece (trimming may shorten a piece).
+- ``adaptive``: for a fast first byte and natural prosody after it. The first piece is at
+  most ``ADAPTIVE_FIRST_CHARS`` (40) characters: the first sentence if it is that short, else
+  its first clause, else its first few words. Each later piece may be twice as long as the
+  one before (40, 80, 160, ...) until ``chunk_size``; from then on the rules of
+  ``paragraph``. While the first piece plays, the engine has the time of its audio to
+  synthesize a piece twice as long, so an engine at least twice as fast as real time never
+  makes the player wait after the first byte.
+
+:func:`split_segments` splits several texts (the segments of a multi-voice request) each on
+its own; with ``adaptive`` the growth goes on from one text to the next, so only the very
+first piece of the whole stream is small.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -31,17 +42,22 @@ __all__ = [
     "Strategy",
     "TextSpan",
     "sentence_spans",
+    "split_segments",
     "split_spans",
     "split_text",
 ]
 
-Strategy = Literal["sentence", "paragraph", "fixed", "word"]
+Strategy = Literal["sentence", "paragraph", "fixed", "word", "adaptive"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 DEFAULT_STRATEGY: Strategy = "sentence"
 # The API range of ``streaming_chunk_size``; the splitter itself accepts any size >= 1.
 MIN_CHUNK_SIZE = 50
 MAX_CHUNK_SIZE = 500
 DEFAULT_CHUNK_SIZE = 200
+# ``adaptive``: the first piece's budget in characters (about 2.5 s of speech at 175 words
+# per minute), and how much each later piece's budget grows.
+ADAPTIVE_FIRST_CHARS = 40
+ADAPTIVE_GROWTH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,18 +180,63 @@ def _split(text: str, start: int, end: int, levels: tuple[Level, ...], size: int
     return pieces
 
 
+def _adaptive(text: str, size: int, budget: int) -> tuple[list[Range], int]:
+    """``adaptive`` pieces of ``text`` starting from ``budget``; and the budget after them.
+
+    While the budget is below ``size`` each piece is the first piece of the paragraph rules
+    at that budget over the rest of the text (a few passes: the budget doubles each time);
+    the rest is split at ``size`` in one pass.
+    """
+    levels = _LEVELS["paragraph"]
+    pieces: list[Range] = []
+    position, end = 0, len(text)
+    while budget < size:
+        ahead = _split(text, position, end, levels, budget)
+        if not ahead:
+            return pieces, budget
+        pieces.append(ahead[0])
+        position = ahead[0][1]
+        budget = min(budget * ADAPTIVE_GROWTH, size)
+    pieces += _split(text, position, end, levels, size)
+    return pieces, budget
+
+
+def _check(strategy: str, chunk_size: int) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown streaming strategy {strategy!r}; expected one of {STRATEGIES}")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+
+
+def _spans(text: str, ranges: list[Range]) -> list[TextSpan]:
+    return [TextSpan(start, end, text[start:end]) for start, end in ranges]
+
+
 def split_spans(
     text: str, strategy: str = DEFAULT_STRATEGY, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> list[TextSpan]:
     """Split ``text`` per ``strategy`` into spans that keep their offsets into ``text``."""
-    if strategy not in _LEVELS:
-        raise ValueError(f"unknown streaming strategy {strategy!r}; expected one of {STRATEGIES}")
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be at least 1")
-    return [
-        TextSpan(start, end, text[start:end])
-        for start, end in _split(text, 0, len(text), _LEVELS[strategy], chunk_size)
-    ]
+    _check(strategy, chunk_size)
+    if strategy == "adaptive":
+        return _spans(text, _adaptive(text, chunk_size, min(ADAPTIVE_FIRST_CHARS, chunk_size))[0])
+    return _spans(text, _split(text, 0, len(text), _LEVELS[strategy], chunk_size))
+
+
+def split_segments(
+    texts: Sequence[str], strategy: str = DEFAULT_STRATEGY, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> list[list[TextSpan]]:
+    """Each of ``texts`` split per ``strategy`` on its own (spans are offsets into that text):
+    a piece never spans two texts. With ``adaptive`` the pieces' growth continues across the
+    texts instead of starting small again in each one."""
+    _check(strategy, chunk_size)
+    if strategy != "adaptive":
+        return [split_spans(text, strategy, chunk_size) for text in texts]
+    budget = min(ADAPTIVE_FIRST_CHARS, chunk_size)
+    split: list[list[TextSpan]] = []
+    for text in texts:
+        ranges, budget = _adaptive(text, chunk_size, budget)
+        split.append(_spans(text, ranges))
+    return split
 
 
 def split_text(
