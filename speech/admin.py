@@ -25,9 +25,11 @@ class SpeechJobAdmin(admin.ModelAdmin):
         "audio_s",
         "ttfb",
         "real_time_factor",
+        "cache",
     )
     list_filter = (
         "status",
+        "cache",
         "kind",
         "engine",
         "response_format",

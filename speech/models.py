@@ -18,6 +18,12 @@ class JobStatus(models.TextChoices):
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+class CacheOutcome(models.TextChoices):
+    NONE = "", "not cached"
+    HIT = "hit"
+    MISS = "miss"
+
+
 class SpeechJob(models.Model):
     """One synthesis: what was asked, what the engine did, and how it went."""
 
@@ -42,6 +48,9 @@ class SpeechJob(models.Model):
     speed_applied = models.FloatField(default=1.0)
     params = models.JSONField(default=dict, blank=True)
     voice_sample_name = models.CharField(max_length=255, blank=True)
+    # The synthesis cache (speech.cache): "hit" served from it without synthesis, "miss"
+    # looked up and synthesized, "" not cacheable (engine, voice sample) or the cache is off.
+    cache = models.CharField(max_length=8, choices=CacheOutcome.choices, blank=True, default="")
 
     current_chunk = models.PositiveIntegerField(default=0)
     total_chunks = models.PositiveIntegerField(default=0)

@@ -90,6 +90,12 @@ AUDIO_RESPONSE = {
         "X-Speech-Job-Id": {"schema": {"type": "string", "format": "uuid"}},
         "X-Sample-Rate": {"schema": {"type": "integer"}},
         "X-Speed-Applied": {"schema": {"type": "number"}},
+        "X-Cache": {
+            "schema": {"type": "string", "enum": ["HIT", "MISS", "BYPASS"]},
+            "description": "HIT: served from the synthesis cache; MISS: synthesized (stored "
+            "if it completes); BYPASS: not cacheable (cache off, engine not cached, a voice "
+            "sample)",
+        },
     },
     "content": {
         **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in AUDIO_TYPES},
@@ -295,6 +301,35 @@ def speech_paths() -> dict[str, Any]:
             for method, operation in item.items()
         }
         paths[f"/{route}"] = alias
+    cache_info = _object(
+        {
+            "enabled": {"type": "boolean"},
+            "directory": {"type": "string"},
+            "max_bytes": {"type": "integer", "description": "0: the cache is off"},
+            "max_entry_bytes": {"type": "integer"},
+            "engines": {"type": "array", "items": {"type": "string"}},
+            "entries": {"type": "integer"},
+            "bytes": {"type": "integer", "description": "the entries' file sizes"},
+        }
+    )
+    cleared = _object(
+        {"cleared_entries": {"type": "integer"}, "cleared_bytes": {"type": "integer"}}
+    )
+    for prefix, op_prefix in (("/v1", ""), ("", "bare_")):
+        paths[f"{prefix}/audio/speech/cache"] = {
+            **_get(
+                f"{op_prefix}speech_cache",
+                "The synthesis cache: settings, entries and bytes (hits and misses: "
+                "/status/statistics)",
+                cache_info,
+            ),
+            "delete": {
+                "operationId": f"{op_prefix}speech_cache_clear",
+                "summary": "Empty the synthesis cache (the job records stay)",
+                "tags": [TAG],
+                "responses": {"200": _json(cleared), **_errors(401, 403)},
+            },
+        }
     voice_list = _object(
         {
             "voices": {"type": "array", "items": VOICE},

@@ -33,7 +33,14 @@ from django.utils import timezone
 
 from speech import selectors, system, voices
 from speech.library import settings_row, stored_voice_named
-from speech.models import ACTIVE_JOB_STATUSES, JobStatus, SpeechJob, Voice, VoiceAlias
+from speech.models import (
+    ACTIVE_JOB_STATUSES,
+    CacheOutcome,
+    JobStatus,
+    SpeechJob,
+    Voice,
+    VoiceAlias,
+)
 from speech.params import KNOB_DEFAULTS
 from speech.services import MAX_SERVICE_CHARS, active_jobs, engine_for, get_registry, voice_check
 from speech.tts import TTSError
@@ -175,6 +182,7 @@ def request_info(job: Any) -> dict[str, Any]:
         "first_audio_ms": job.first_audio_ms,
         "ttfb_ms": job.ttfb_ms,
         "error": job.error or None,
+        "cache": getattr(job, "cache", "") or None,  # "hit", "miss" (speech.cache)
     }
 
 
@@ -196,6 +204,8 @@ def _statistics() -> dict[str, Any]:
         active=Count(
             "id", filter=Q(status__in=ACTIVE_JOB_STATUSES, updated_at__gte=_live_cutoff())
         ),
+        cache_hits=Count("id", filter=Q(cache=CacheOutcome.HIT)),
+        cache_misses=Count("id", filter=Q(cache=CacheOutcome.MISS)),
     )
     done = jobs.filter(status=JobStatus.COMPLETED).aggregate(
         duration=Avg("elapsed_seconds"),
@@ -221,6 +231,7 @@ def _statistics() -> dict[str, Any]:
         for row in jobs.values("engine").annotate(n=Count("id")).order_by("-n", "engine")
     }
     finished = counts["completed"] + counts["failed"]
+    looked_up = counts["cache_hits"] + counts["cache_misses"]
 
     def rounded(value: float | None, digits: int = 3) -> float:
         return round(value or 0.0, digits)
@@ -243,6 +254,14 @@ def _statistics() -> dict[str, Any]:
         "failures": failures,
         "by_kind": by_kind,
         "by_engine": by_engine,
+        # The synthesis cache (docs/speech.md "Cache"): hits served without synthesis,
+        # misses looked up and synthesized; hit_rate in percent of the two.
+        "cache": {
+            "enabled": settings.PARLEY_TTS_CACHE_MAX_BYTES > 0,
+            "hits": counts["cache_hits"],
+            "misses": counts["cache_misses"],
+            "hit_rate": round(counts["cache_hits"] / max(1, looked_up) * 100, 2),
+        },
         "since": _iso(since),
         "source": "speech job records (every worker)",
     }

@@ -85,6 +85,12 @@ REQUEST = _object(
         "job_id": {"type": "string", "format": "uuid"},
         "kind": {"type": "string"},
         "engine": {"type": "string"},
+        "cache": {
+            "type": "string",
+            "enum": ["hit", "miss", None],
+            "nullable": True,
+            "description": "served from the synthesis cache (hit) or looked up (miss)",
+        },
     },
     ["request_id", "status", "progress", "duration_seconds"],
 )
@@ -103,6 +109,15 @@ STATISTICS = _object(
         "failures": {"type": "object", "additionalProperties": {"type": "integer"}},
         "by_kind": {"type": "object", "additionalProperties": {"type": "integer"}},
         "by_engine": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "cache": _object(
+            {
+                "enabled": {"type": "boolean"},
+                "hits": {"type": "integer", "description": "served from the cache"},
+                "misses": {"type": "integer", "description": "looked up, synthesized"},
+                "hit_rate": {"type": "number", "description": "percent of hits and misses"},
+            },
+            ["enabled", "hits", "misses", "hit_rate"],
+        ),
         "since": {"type": "string", "nullable": True, "description": "the last clear"},
     },
     ["total_requests", "completed_requests", "error_requests", "success_rate"],

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from speech import encoding
+from speech import cache, encoding
 from speech.params import KNOB_NAMES, SPEECH_FIELDS, Segment, joined_text, parse_fields
 from speech.services import LiveJob, SpeechChunk, synthesis_stream
 from speech.tts import VoiceSample, has_speech
@@ -108,10 +108,14 @@ def speech_request(
 class OpenedSpeech:
     request: SpeechRequest
     job: LiveJob
-    first: SpeechChunk
-    chunks: AsyncIterator[SpeechChunk]
+    first: SpeechChunk | None  # None for a cache hit
+    chunks: AsyncIterator[SpeechChunk] | None
     quality: str
     encoder: Process | None = None  # ffmpeg, already running, for the compressed formats
+    # The synthesis cache (speech.cache): a hit's stored bytes, or a miss's bytes collected
+    # for storing; neither when the request is not cacheable.
+    stored: AsyncIterator[bytes] | None = None
+    pending: cache.PendingEntry | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -134,8 +138,17 @@ class OpenedSpeech:
             "X-Channels": "1",
             "X-Bits-Per-Sample": "16",
             "X-Speed-Applied": f"{job.speed_applied:g}",
+            "X-Cache": self.cache_status,
             **({"X-Bitrate": f"{kbps}k"} if (kbps := self.bitrate_kbps) is not None else {}),
         }
+
+    @property
+    def cache_status(self) -> str:
+        """HIT: served from the cache; MISS: synthesized, stored if it completes; BYPASS:
+        not cacheable (cache off, engine not cached, voice sample, multi-voice)."""
+        if self.stored is not None:
+            return "HIT"
+        return "MISS" if self.pending is not None else "BYPASS"
 
     @property
     def bitrate_kbps(self) -> int | None:
@@ -163,6 +176,34 @@ async def open_speech(
             status_code=422,
         )
     rate = encoding.output_rate(request.response_format, request.sample_rate)
+    slot = None
+    if not request.segments:  # multi-voice requests are not cached
+        slot = await cache.slot_for(
+            text=request.text,
+            model=request.model,
+            voice=request.voice,
+            speed=request.speed,
+            sample_rate=rate,
+            response_format=request.response_format,
+            knobs=request.knobs,
+            voice_sample=voice_sample,
+        )
+    if slot is not None and (entry := await cache.lookup(slot)) is not None:
+        job = cache.start_hit_job(
+            entry=entry,
+            text=request.text,
+            model=request.model,
+            voice=request.voice,
+            speed=request.speed,
+            knobs=request.knobs,
+            response_format=request.response_format,
+            stream_format=request.stream_format,
+            endpoint=endpoint,
+            job_kind=job_kind,
+        )
+        stored = await cache.hit_body(job, entry.audio)
+        quality = request.knobs.get("streaming_quality", "balanced")
+        return OpenedSpeech(request, job, None, None, quality, stored=stored)
     chunks = synthesis_stream(
         text=request.text,
         model=request.model,
@@ -194,7 +235,11 @@ async def open_speech(
             ) from None
         raise
     process = await encoder if encoder is not None else None
-    return OpenedSpeech(request, first.job, first, chunks, quality, process)
+    pending = None
+    if slot is not None:
+        pending = cache.PendingEntry(slot)
+        cache.mark_when_recorded(first.job, "miss")
+    return OpenedSpeech(request, first.job, first, chunks, quality, process, pending=pending)
 
 
 async def _discard(encoder: asyncio.Future[Process]) -> None:
@@ -202,7 +247,19 @@ async def _discard(encoder: asyncio.Future[Process]) -> None:
         await encoding.stop(await encoder)
 
 
+async def _teed(body: AsyncIterator[bytes], opened: OpenedSpeech) -> AsyncIterator[bytes]:
+    """A miss's bytes as sent, collected; stored only if the body ends whole (a failure or
+    a client that leaves raises through here instead)."""
+    assert opened.pending is not None
+    async with contextlib.aclosing(body):
+        async for data in body:
+            opened.pending.add(data)
+            yield data
+    cache.store_when_completed(opened.job, opened.pending)
+
+
 async def _pcm(opened: OpenedSpeech) -> AsyncIterator[bytes]:
+    assert opened.chunks is not None and opened.first is not None
     async with contextlib.aclosing(opened.chunks) as chunks:
         yield opened.first.pcm
         async for chunk in chunks:
@@ -210,7 +267,15 @@ async def _pcm(opened: OpenedSpeech) -> AsyncIterator[bytes]:
 
 
 def _formatted(opened: OpenedSpeech) -> AsyncIterator[bytes]:
-    """The requested format's bytes, in the order a file of that format holds them."""
+    """The requested format's bytes, in the order a file of that format holds them: stored
+    (a cache hit), or made now (and collected for the cache on a miss)."""
+    if opened.stored is not None:
+        return opened.stored
+    body = _made(opened)
+    return _teed(body, opened) if opened.pending is not None else body
+
+
+def _made(opened: OpenedSpeech) -> AsyncIterator[bytes]:
     fmt = opened.request.response_format
     if fmt == "pcm":
         return _pcm(opened)

@@ -14,6 +14,7 @@ _SPEECH = [
     ("audio/speech/stream", views.speech_stream_view, "speech-stream"),
     ("audio/speech/upload", views.speech_upload_view, "speech-upload"),
     ("audio/speech/stream/upload", views.speech_stream_upload_view, "speech-stream-upload"),
+    ("audio/speech/cache", views.speech_cache_view, "speech-cache"),
 ]
 
 # (bare route, view, name, extra aliases): each also answers at /v1/<route>.

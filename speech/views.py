@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from config.error_shapes import openai_error, validation_detail
 from config.errors import exception_response
 from config.http_ranges import ranged_response
-from speech import selectors, streaming, system, voices
+from speech import cache, selectors, streaming, system, voices
 from speech.services import live_job
 from speech.tts import VoiceSample
 from streams.auth import authenticate, require_writer
@@ -208,6 +208,15 @@ async def speech_stream_upload_view(request: HttpRequest) -> HttpResponse:
     return await _speak(
         request, fields, from_form=from_form, wav_stream=True, voice_sample=sample, upload=True
     )
+
+
+@api_view("GET", "DELETE")
+async def speech_cache_view(request: HttpRequest) -> HttpResponse:
+    """GET /v1/audio/speech/cache: settings and contents of the synthesis cache; DELETE:
+    empty it (docs/speech.md "Cache")."""
+    if request.method == "DELETE":
+        return JsonResponse(await cache.cache_clear())
+    return JsonResponse(await cache.cache_info())
 
 
 # --- progress ------------------------------------------------------------------------------

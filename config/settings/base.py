@@ -290,6 +290,7 @@ CORS_EXPOSE_HEADERS = (
     "X-Audio-Quality",
     "X-Bitrate",
     "X-Bits-Per-Sample",
+    "X-Cache",
     "X-Channels",
     "X-Chunk-Size",
     "X-Sample-Rate",
@@ -370,6 +371,19 @@ PARLEY_TTS_WS_MAX_SESSION_CHARS = env_int("PARLEY_TTS_WS_MAX_SESSION_CHARS", 100
 PARLEY_TTS_WS_IDLE_S = env_float("PARLEY_TTS_WS_IDLE_S", 60.0)
 PARLEY_TTS_WS_LEAD_MS = env_int("PARLEY_TTS_WS_LEAD_MS", 5000)
 PARLEY_TTS_WS_FRAME_MS = env_int("PARLEY_TTS_WS_FRAME_MS", 200)
+# Cache of finished syntheses (docs/speech.md "Cache"): a repeated request is served from
+# disk without synthesis. At most PARLEY_TTS_CACHE_MAX_BYTES in all (0 turns it off), no entry
+# over PARLEY_TTS_CACHE_MAX_ENTRY_BYTES; only engines (names or kinds) whose output is the
+# same for the same request: eSpeak NG. Piper samples noise (each synthesis differs) and a
+# remote server may too: add "piper" or "openai" to serve one rendering again and again.
+PARLEY_TTS_CACHE_DIR = Path(os.environ.get("PARLEY_TTS_CACHE_DIR", VAR_DIR / "tts-cache"))
+PARLEY_TTS_CACHE_MAX_BYTES = env_int("PARLEY_TTS_CACHE_MAX_BYTES", 256 * 1024 * 1024)
+PARLEY_TTS_CACHE_MAX_ENTRY_BYTES = env_int("PARLEY_TTS_CACHE_MAX_ENTRY_BYTES", 16 * 1024 * 1024)
+PARLEY_TTS_CACHE_ENGINES = tuple(
+    name.strip()
+    for name in os.environ.get("PARLEY_TTS_CACHE_ENGINES", "espeak").split(",")
+    if name.strip()
+)
 
 # Voice agent (agents/, docs/agent.md, seed 003).
 # Speech-to-text: "whisper" (offline, faster-whisper + Whisper tiny.en shipped as a package) or
