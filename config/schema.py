@@ -50,7 +50,12 @@ OPENAI_ERROR = {
                     "items": {
                         "type": "object",
                         "properties": {
-                            "loc": {"type": "array", "items": {"type": "string"}},
+                            # FastAPI's: names, and indexes into a list
+                            # (["body", "input", 2, "voice"]).
+                            "loc": {
+                                "type": "array",
+                                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                            },
                             "msg": {"type": "string"},
                             "type": {"type": "string"},
                         },

@@ -391,6 +391,10 @@ async def test_the_schema_describes_the_segments():
     upload = schema["paths"]["/v1/audio/speech/upload"]["post"]["requestBody"]["content"]
     assert upload["multipart/form-data"]["schema"]["properties"]["input"]["type"] == "string"
     assert "oneOf" in upload["application/json"]["schema"]["properties"]["input"]
+    # A refused segment's loc holds its index: the error schema allows it.
+    detail = schema["components"]["schemas"]["Error"]["properties"]["detail"]["oneOf"][1]
+    loc = detail["items"]["properties"]["loc"]["items"]
+    assert {"type": "integer"} in loc["anyOf"]
 
 
 async def test_the_async_openai_sdk_sends_segments_in_extra_body():
