@@ -392,7 +392,7 @@ async def test_the_schema_describes_the_segments():
     assert upload["multipart/form-data"]["schema"]["properties"]["input"]["type"] == "string"
     assert "oneOf" in upload["application/json"]["schema"]["properties"]["input"]
     # A refused segment's loc holds its index: the error schema allows it.
-    detail = schema["components"]["schemas"]["Error"]["properties"]["detail"]["oneOf"][1]
+    detail = schema["components"]["schemas"]["OpenAIError"]["properties"]["detail"]["oneOf"][1]
     loc = detail["items"]["properties"]["loc"]["items"]
     assert {"type": "integer"} in loc["anyOf"]
 
