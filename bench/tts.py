@@ -4,6 +4,9 @@
     .venv/bin/python -m bench.tts --write-docs     # also (re)writes "## Speech synthesis"
                                                    # in docs/benchmarks.md, nothing else
     .venv/bin/python -m bench.tts --quick          # fewer samples, a smoke run
+    .venv/bin/python -m bench.tts --strategies [--write-docs]
+                                                   # streaming_strategy adaptive vs sentence
+                                                   # ("## Adaptive chunking")
 
 One daphne (embedded SQLite in a temp PARLEY_VAR_DIR, `manage.py migrate` first) serves
 Parley. For 100, 1,000 and 4,000 characters of English, every response_format, at
@@ -13,6 +16,11 @@ the bench process runs the same engine (eSpeak NG through speech.tts, the same w
 same text at the same concurrency and measures its first chunk and its full synthesis: the
 server's overhead shows as the difference and the ratio. The daphne process's RSS is sampled
 every 2 ms while a 4,000-character text streams, to report the growth over its idle RSS.
+
+``--strategies`` instead compares ``streaming_strategy`` ``adaptive`` with ``sentence`` on the
+same daphne, interleaved request by request: for a few texts and both local engines (eSpeak
+NG, Piper), the time to the first body byte, the total time, and the longest a player that
+starts at the first byte would wait for audio (underrun) when it plays in real time.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from tests.support.servers import PROJECT_ROOT, DaphneProcess
 
 DOCS = PROJECT_ROOT / "docs" / "benchmarks.md"
 HEADING = "## Speech synthesis"
+STRATEGY_HEADING = "## Adaptive chunking"
 FORMATS = ("pcm", "wav", "mp3", "opus", "aac", "flac")
 RAW = ["pcm", "wav"]
 SIZES = (100, 1000, 4000)
@@ -244,6 +253,154 @@ def run(
     return cases, memory
 
 
+# --- streaming_strategy: adaptive vs sentence ----------------------------------------------
+
+STRATEGY_ENGINES = (("espeak", "tts-1", "alloy"), ("piper", "piper", None))
+# name -> text: the prose (its first sentence is 84 characters), a first sentence far longer
+# than a piece's first budget, and a long text.
+LONG_FIRST = (
+    "When the committee finally met on that grey Tuesday morning in the back room of the old "
+    "harbour office, with the rain hammering on the windows and the fishermen waiting outside "
+    "for an answer, nobody expected a decision. "
+)
+
+
+def strategy_texts() -> dict[str, str]:
+    return {
+        "prose 300": text_of(300),
+        "long first sentence 400": (LONG_FIRST + PROSE)[:400].rsplit(" ", 1)[0] + ".",
+        "prose 1000": text_of(1000),
+    }
+
+
+@dataclass
+class Timed:
+    first_ms: float
+    total_ms: float
+    underrun_ms: float  # the longest wait for audio of a real-time player started at byte 1
+    audio_s: float
+
+
+def http_timed(port: int, body: dict) -> Timed:
+    """POST /v1/audio/speech for raw pcm and time every read: the first byte, the last, and
+    how far the audio ever fell behind a player that started at the first byte."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    connection.connect()
+    start = time.perf_counter()
+    connection.request(
+        "POST",
+        "/v1/audio/speech",
+        body=json.dumps({**body, "response_format": "pcm"}),
+        headers={"Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+    rate = int(response.getheader("X-Sample-Rate"))
+    arrivals: list[tuple[float, int]] = []  # (when, bytes before this read)
+    received = 0
+    while data := response.read1(65536):
+        arrivals.append((time.perf_counter(), received))
+        received += len(data)
+    done = time.perf_counter()
+    connection.close()
+    first_at = arrivals[0][0]
+    # The player needs byte b at first_at + b / bytes_per_second; it waits when it arrives later.
+    per_second = rate * 2
+    underrun = max(0.0, *(when - (first_at + before / per_second) for when, before in arrivals))
+    return Timed(
+        (first_at - start) * 1000, (done - start) * 1000, underrun * 1000, received / per_second
+    )
+
+
+@dataclass
+class StrategyCase:
+    text_name: str
+    chars: int
+    engine: str
+    samples: dict[str, list[Timed]] = field(default_factory=dict)  # strategy -> samples
+
+    def median(self, strategy: str, attribute: str) -> float:
+        return statistics.median(getattr(t, attribute) for t in self.samples[strategy])
+
+
+def run_strategies(args: argparse.Namespace) -> list[StrategyCase]:
+    from speech.tts.text import split_spans
+
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="parley-bench-tts-") as var_dir:
+        server = start_server(Path(var_dir), "config.asgi:application")
+        try:
+            for engine, model, voice in STRATEGY_ENGINES:
+                base = {"model": model, **({"voice": voice} if voice else {})}
+                http_timed(server.port, {**base, "input": text_of(100)})  # warm up the engine
+                for name, text in strategy_texts().items():
+                    case = StrategyCase(name, len(text), engine, {"sentence": [], "adaptive": []})
+                    for _ in range(args.repeats):
+                        for strategy in ("sentence", "adaptive"):  # interleaved
+                            body = {**base, "input": text, "streaming_strategy": strategy}
+                            case.samples[strategy].append(http_timed(server.port, body))
+                    pieces = {s: len(split_spans(text, s, 200)) for s in case.samples}
+                    log(
+                        f"{engine} {name}: first byte sentence "
+                        f"{case.median('sentence', 'first_ms'):.0f} ms, adaptive "
+                        f"{case.median('adaptive', 'first_ms'):.0f} ms; pieces {pieces}"
+                    )
+                    cases.append(case)
+        finally:
+            server.stop()
+    return cases
+
+
+def strategy_section(cases: list[StrategyCase], command: str) -> str:
+    from speech.tts.text import split_text
+
+    machine = machine_info()
+    lines = [
+        "| engine | text | chars | first piece (adaptive) | first byte ms sentence / "
+        "adaptive | total ms sentence / adaptive | longest underrun ms sentence / adaptive "
+        "| audio s sentence / adaptive |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    texts = strategy_texts()
+    for case in cases:
+        first = split_text(texts[case.text_name], "adaptive", 200)[0]
+
+        def pair(attribute: str, digits: int = 0, case: StrategyCase = case) -> str:
+            return " / ".join(
+                f"{case.median(s, attribute):.{digits}f}" for s in ("sentence", "adaptive")
+            )
+
+        lines.append(
+            f"| {case.engine} | {case.text_name} | {case.chars} | {len(first)} chars | "
+            f"{pair('first_ms')} | {pair('total_ms')} | {pair('underrun_ms')} | "
+            f"{pair('audio_s', 2)} |"
+        )
+    table_text = "\n".join(lines)
+    repeats = len(cases[0].samples["sentence"]) if cases else 0
+    return f"""{STRATEGY_HEADING}
+
+`streaming_strategy: "adaptive"` against `"sentence"` (both with `streaming_chunk_size` 200,
+the default) on one daphne with the embedded SQLite database, raw `pcm` (24 kHz), one request
+at a time, the two strategies interleaved request by request; medians of {repeats} each.
+"First byte" and "total" are at the client (http.client, a new connection per request).
+"Longest underrun" is the longest a player that starts playing at the first byte, in real
+time, would wait for audio that has not arrived yet (0: it never starves). "Audio s" is the
+audio's length: each piece ends with a pause, so more pieces make it a little longer.
+`adaptive` cuts the first piece at 40 characters (the first sentence if that short, else its
+first clause, else its first words) and lets each later piece be twice as long as the one
+before up to the chunk size.
+
+- Machine: {machine["cpu"]}, {machine["nproc"]} cores, {machine["ram"]} RAM; Python
+  {machine["python"]}; commit {machine["commit"]}. The machine is shared: other benches and
+  test suites may have run at the same time.
+- Date: {machine["date"]}
+- Command: `{command}`
+
+{table_text}
+"""
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -371,11 +528,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="samples per case at c=1")
     parser.add_argument("--quick", action="store_true", help="2 samples per case")
     parser.add_argument("--write-docs", action="store_true", help=f"update {HEADING!r}")
+    parser.add_argument(
+        "--strategies",
+        action="store_true",
+        help=f"compare streaming_strategy adaptive with sentence ({STRATEGY_HEADING!r})",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats = 2
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
     command = shlex.join([".venv/bin/python", "-m", "bench.tts", *sys.argv[1:]])
+    if args.strategies:
+        text = strategy_section(run_strategies(args), command)
+        print(text)
+        if args.write_docs:
+            replace_section(DOCS, STRATEGY_HEADING, text)
+            log(f"wrote the {STRATEGY_HEADING!r} section of {DOCS}")
+        return
     legs = []
     for title, app, formats, memory_formats in (
         ("As wired (config.asgi)", "config.asgi:application", args.formats, ("pcm", "mp3")),
