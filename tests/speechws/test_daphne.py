@@ -105,3 +105,28 @@ def test_hostile_and_vanishing_clients_leave_no_traceback(daphne):
     log = daphne.log()[start:]
     for failure in LOG_FAILURES:
         assert failure not in log, log[-3000:]
+
+
+def test_the_documented_client_runs_as_written(daphne, tmp_path):
+    """docs/speech.md's "A client without an SDK", run against the server: it writes a WAV of
+    the session's audio and prints the word timings."""
+    import re
+    import subprocess
+    import sys
+    import wave
+
+    from tests.support.servers import PROJECT_ROOT
+
+    docs = (PROJECT_ROOT / "docs" / "speech.md").read_text()
+    section = docs.split("### A client without an SDK", 1)[1]
+    code = re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
+    code = code.replace("ws://localhost:8000", daphne.ws_url)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [line.split("ms", 1)[1].strip() for line in done.stdout.splitlines()]
+    assert printed == ["Hello", "there.", "How", "are", "you", "today?"]
+    with wave.open(str(tmp_path / "out.wav")) as wav:
+        assert wav.getframerate() == 24000
+        assert wav.getnframes() > 24000  # over a second of speech
