@@ -231,11 +231,14 @@ class SpeechSocket:
         return True
 
     async def stop(self) -> None:
-        """The client is gone (or the session closed): stop synthesis and every task."""
-        if self.closed:
-            return
+        """The client is gone (or the session closed): stop synthesis and every task.
+        Idempotent; a session closed by itself (``session.done``, idle) still gets here."""
         self.closed = True
-        tasks = [t for t in (self.synthesizer, self.sender, self.watchdog) if t is not None]
+        tasks = [
+            t
+            for t in (self.synthesizer, self.sender, self.watchdog)
+            if t is not None and not t.done()
+        ]
         current = asyncio.current_task()
         for task in tasks:
             if task is not current:

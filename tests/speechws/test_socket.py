@@ -285,3 +285,28 @@ async def test_end_with_nothing_said_reports_zero_usage(speech_ws):
     silent = client.of("sentence.done")
     assert [s["status"] for s in silent] == ["silent"]
     assert (await client.until("<close>"))["code"] == 1000
+
+
+def _session_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("speechws")]
+
+
+async def test_no_task_outlives_its_session(speech_ws):
+    """A session that ends itself (session.done, close 1000), and one whose client leaves in
+    the middle of a sentence: every task of theirs is gone, the cut job is cancelled."""
+    from tests.speechws.conftest import settle
+
+    client = await speech_ws()
+    await client.append("Short one. And another", flush=True)
+    await client.send(type="end")
+    await client.until("<close>")
+    await client.close()
+    leaving = await speech_ws()
+    await leaving.append("A sentence long enough to be cut while it plays, " * 6, flush=True)
+    await leaving.until("audio")
+    await leaving.close()
+    await settle()
+    await asyncio.sleep(0.2)
+    assert _session_tasks() == []
+    jobs = await _wait_jobs(3, kind="ws")
+    assert sorted(j.status for j in jobs) == ["cancelled", "completed", "completed"]
