@@ -77,7 +77,9 @@ class TextCutter:
         pieces: list[Piece] = []
         if any(c.isspace() for c in text):
             pieces += self._take(self._complete_end())
-        while len(self._pending.strip()) > self.max_chars:
+        # Trailing whitespace counts: a pending text never outgrows max_chars, so the work
+        # of the next append is bounded whatever the client sends (a flood of spaces too).
+        while len(self._pending.lstrip()) > self.max_chars:
             pieces += self._take(self._forced_end())
         return pieces
 

@@ -103,3 +103,18 @@ def test_pieces_are_in_order_and_spell_the_text_whatever_the_tokens():
         squeezed = "".join(p.text for p in pieces).replace(" ", "").replace("\n", "")
         assert squeezed == text.replace(" ", "").replace("\n", "")
         assert all(len(p.text) <= cutter.max_chars for p in pieces)
+
+
+def test_the_work_of_an_append_is_bounded_whatever_the_client_sends():
+    """A flood of whitespace after a word made every append rescan all of it (quadratic:
+    20,000 one-space appends took 2.4 s); the pending text now never outgrows max_chars."""
+    import time
+
+    for flood in (" ", "\t\t", " \u00a0"):
+        cutter = TextCutter(250)
+        cutter.append("word")
+        started = time.perf_counter()
+        for _ in range(20_000):
+            cutter.append(flood)
+            assert len(cutter.pending) <= 250 + len(flood)
+        assert time.perf_counter() - started < 1.5  # 0.05 s here; generous for a busy machine
