@@ -179,7 +179,7 @@ async def test_cancel_mid_sentence_stops_the_audio_and_the_session_goes_on(speec
     assert cancelled["sentences"] == [1]
     assert (cancelled["text_start"], cancelled["text_end"]) == (0, len(long) + 37)
     sent_ms = cancelled["audio_ms"]
-    assert 0 < sent_ms < 4000  # far from the whole sentence (about 10 s)
+    assert 0 < sent_ms < 8000  # far from the whole sentence (about 11 s)
     assert await client.quiet(1.5)  # not one more frame of it
     assert not client.of("sentence.done")
     # The job stopped, recorded as cancelled.
