@@ -119,7 +119,7 @@ def session(
 
 def hostile_cases(api_key: str) -> list[tuple[str, str, list[tuple[str, bytes]]]]:
     """(name, path, frames) of a fixed set of hostile connections on the spectator,
-    recording (plain and Socket.IO) and agent sockets."""
+    recording (plain and Socket.IO), agent and speech (text in, audio out) sockets."""
     junk_json = [b"[]", b"null", b"1e400", b'{"type": 5}', b'{"event": []}', HUGE.encode()]
     junk_json += [b'{"type": "session.update", "session": {"sample_rate_hz": ' + HUGE.encode()]
     junk_json += [b'{"event": "audio_chunk", "data": {"chunk": "x"}}', b"\x00", b"{"]
@@ -167,6 +167,7 @@ def hostile_cases(api_key: str) -> list[tuple[str, str, list[tuple[str, bytes]]]
         keyed = f"{query}&api_key={api_key}" if n % 2 else query
         cases.append((f"streaming-{n}", f"/ws/streaming?{keyed}", frames))
         cases.append((f"agent-{n}", f"/ws/agent?{keyed}", frames))
+        cases.append((f"speechws-{n}", f"/v1/audio/speech/ws?{keyed}", frames))
     return cases
 
 

@@ -1,10 +1,11 @@
 """Hostile WebSocket clients against a real daphne (issue 8, section 4).
 
-The spectator (`/spectate/ws`), recording (`/ws/streaming`) and agent (`/ws/agent`) sockets
-get hypothesis-generated query strings and frames (wrong JSON types, huge numbers, binary,
-invalid UTF-8) and end abruptly. Every frame is answered by an error frame or a close with
-a code — never a 5xx handshake, a 1011 or silence — and afterwards no spectator is counted
-and the server's memory is flat after ~1,000 more (bench/fuzz_ws.py runs 10,000).
+The spectator (`/spectate/ws`), recording (`/ws/streaming`), agent (`/ws/agent`) and speech
+(`/v1/audio/speech/ws`) sockets get hypothesis-generated query strings and frames (wrong JSON
+types, huge numbers, binary, invalid UTF-8) and end abruptly. Every frame is answered by an
+error frame or a close with a code — never a 5xx handshake, a 1011 or silence — and
+afterwards no spectator is counted and the server's memory is flat after ~1,000 more
+(bench/fuzz_ws.py runs 10,000).
 Fixed seed (derandomize) and bounded examples: the same cases every run.
 """
 
@@ -62,7 +63,12 @@ json_values = st.recursive(
 typed = st.builds(
     lambda key, name, value: json.dumps({key: name, "data": value, "session": value}),
     st.sampled_from(["type", "event"]),
-    st.sampled_from(["audio_chunk", "stop_recording", "session.update", "response.create"])
+    st.sampled_from(
+        [
+            *("audio_chunk", "stop_recording", "session.update", "response.create"),
+            *("input_text.append", "input_text.flush", "cancel", "end"),
+        ]
+    )
     | json_values,
     json_values,
 )
@@ -85,7 +91,7 @@ frames = st.lists(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    endpoint=st.sampled_from(["/spectate/ws", "/ws/streaming", "/ws/agent"]),
+    endpoint=st.sampled_from(["/spectate/ws", "/ws/streaming", "/ws/agent", "/v1/audio/speech/ws"]),
     query=query,
     with_key=st.booleans(),
     frames=frames,
