@@ -227,7 +227,7 @@ class SpeechSocket:
         self.open = True
         self._start_tasks()
         self.watchdog = self.loop.create_task(self._watch_idle(), name=f"speechws-idle-{self.id}")
-        await self._send_json({"type": "session.created", "session": self.describe()})
+        await self._send_control({"type": "session.created", "session": self.describe()})
         return True
 
     async def stop(self) -> None:
@@ -328,7 +328,7 @@ class SpeechSocket:
         data = {k: v for k, v in body.items() if k != "type"}
         config = config_from(data, self.config, locked=self.format_locked)
         await self._apply(config)
-        await self._send_json({"type": "session.updated", "session": self.describe()})
+        await self._send_control({"type": "session.updated", "session": self.describe()})
 
     async def _on_input_text_append(self, body: dict[str, Any]) -> None:
         only_fields(body, ("text", "flush"))
@@ -402,7 +402,7 @@ class SpeechSocket:
         self.cancels += 1
         self.playhead = None  # the client stops what it plays; new audio plays at once
         self._start_tasks()
-        await self._send_json(
+        await self._send_control(
             {
                 "type": "cancelled",
                 "text_start": start,
@@ -630,7 +630,7 @@ class SpeechSocket:
         frame = {"type": "error", "code": error.code, "detail": error.detail}
         if error.field:
             frame["field"] = error.field
-        await self._send_json(frame)
+        await self._send_control(frame)
         now = self.loop.time()
         self.errors.append(now)
         while self.errors and self.errors[0] < now - ERROR_WINDOW_S:
@@ -656,7 +656,7 @@ class SpeechSocket:
         while not self.closed:
             await asyncio.sleep(min(1.0, idle / 4))
             if time.monotonic() - self.last_activity > idle:
-                await self._send_json(
+                await self._send_control(
                     {
                         "type": "error",
                         "code": "idle_timeout",
@@ -666,6 +666,12 @@ class SpeechSocket:
                 await self._close(CLOSE_IDLE, "idle_timeout")
                 await self.stop()
                 return
+
+    async def _send_control(self, message: dict[str, Any]) -> None:
+        """A frame sent from outside the sender (an answer to the client, an error): never
+        between an ``audio`` frame and its bytes, which the sender sends holding the lock."""
+        async with self.send_lock:
+            await self._send_json(message)
 
     async def _send_json(self, message: dict[str, Any]) -> None:
         await self._send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False))

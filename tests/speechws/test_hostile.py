@@ -156,3 +156,21 @@ async def test_an_idle_session_is_closed_with_4408(speech_ws, settings):
     error = await client.until("error", timeout=10)
     assert error["code"] == "idle_timeout"
     assert (await client.recv())["code"] == 4408
+
+
+async def test_an_error_never_comes_between_an_audio_frame_and_its_bytes(speech_ws):
+    """Refusals answered while audio streams: each `audio` frame is still followed at once by
+    its binary frame, as the protocol says (a reader pairs them by position)."""
+    client = await speech_ws()
+    await client.append("Audio keeps flowing while the client misbehaves. " * 6, flush=True)
+    for _ in range(60):
+        await client.send_raw("oops")
+    await client.until("input_text.flushed")
+    messages = client.messages
+    audio_at = [i for i, m in enumerate(messages) if m["type"] == "audio"]
+    assert len(audio_at) > 10 and len(client.of("error")) == 60
+    for index in audio_at:
+        assert messages[index + 1]["type"] == "<bytes>", [
+            m["type"] for m in messages[index : index + 3]
+        ]
+        assert len(messages[index + 1]["data"]) == messages[index]["bytes"]
