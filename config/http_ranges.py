@@ -37,6 +37,7 @@ RANGED_PATHS = (
     "/v1/voices/{name}/download",
     "/static/audio/{sid}.wav",
     "/v1/audio/speech/long/{job_id}/download",
+    "/v1/audio/speech/jobs/{job_id}/audio.wav",
 )
 
 

@@ -220,6 +220,12 @@ class ParleyWebSocketProtocol(WebSocketProtocol):
 
             cap = max(self.maxMessagePayloadSize, max_message_bytes())
             self.maxMessagePayloadSize = self.maxFramePayloadSize = cap
+        elif request.path == "/ws/audio":
+            # POST /audio's largest chunk as a JSON frame: its base64 and the other fields.
+            from django.conf import settings
+
+            cap = max(self.maxMessagePayloadSize, settings.PARLEY_MAX_CHUNK_BYTES * 4 // 3 + 65536)
+            self.maxMessagePayloadSize = self.maxFramePayloadSize = cap
         return super().onConnect(request)
 
     def sendMessage(self, payload: bytes, *args: Any, **kwargs: Any) -> None:

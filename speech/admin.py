@@ -6,14 +6,14 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from speech.job_audio import job_audio_path
 from speech.models import SpeechJob, Voice, VoiceAlias
 from streams.admin import audio_player, short, short_id
 
 
 @admin.register(SpeechJob)
 class SpeechJobAdmin(admin.ModelAdmin):
-    # Jobs keep no audio (the answer streamed to its client): no player here; the streams of
-    # `say` and the agent's replies have theirs under Streams.
+    # Each job's audio is kept on disk, bounded (speech/job_audio.py): a player while kept.
     list_display = (
         "short_job_id",
         "created_at",
@@ -26,6 +26,7 @@ class SpeechJobAdmin(admin.ModelAdmin):
         "ttfb",
         "real_time_factor",
         "cache",
+        "player",
     )
     list_filter = (
         "status",
@@ -40,7 +41,13 @@ class SpeechJobAdmin(admin.ModelAdmin):
     )
     search_fields = ("id", "text", "voice", "error_detail")
     date_hierarchy = "created_at"
-    readonly_fields = [field.name for field in SpeechJob._meta.fields]
+    readonly_fields = ["player", *(field.name for field in SpeechJob._meta.fields)]
+
+    @admin.display(description="audio file")
+    def player(self, job: SpeechJob) -> str:
+        if job_audio_path(job.pk) is None:
+            return "-"
+        return audio_player(reverse("speech-job-audio", args=[str(job.pk)]))
 
     @admin.display(description="job", ordering="id")
     def short_job_id(self, job: SpeechJob) -> str:

@@ -402,6 +402,22 @@ def speech_paths() -> dict[str, Any]:
         "/v1/status/progress/ws (all jobs) and /v1/status/progress/{job_id}/ws (one job)",
         PROGRESS,
     )
+    paths["/v1/audio/speech/jobs/{job_id}/audio.wav"] = {
+        "get": {
+            "operationId": "speech_job_audio",
+            "summary": "What a finished speech job synthesized, as a WAV (PCM16 mono at the "
+            "job's rate; kept up to PARLEY_SPEECH_AUDIO_MAX_BYTES, oldest pruned first)",
+            "tags": [TAG],
+            "parameters": [JOB_PARAM],
+            "responses": {
+                "200": {
+                    "description": "WAV file",
+                    "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_errors(400, 404),
+            },
+        }
+    }
     paths["/v1/status/progress/{job_id}"] = _get(
         "speech_job_progress", "One job's progress", PROGRESS, 400, 404, parameters=[JOB_PARAM]
     )

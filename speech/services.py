@@ -58,6 +58,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
+from speech.job_audio import JobAudio, open_job_audio
 from speech.jobs import ALL_JOBS_GROUP, LIVE, job_group
 from speech.library import default_voice_name, stored_voice_named
 from speech.models import JobStatus, SpeechJob, Voice
@@ -360,8 +361,15 @@ class LiveJob:
     _final: asyncio.Event = field(default_factory=asyncio.Event)
     _output: asyncio.Event = field(default_factory=asyncio.Event)  # first audio out, or done
     recorded: asyncio.Event = field(default_factory=asyncio.Event)
+    audio_file: JobAudio | None = None  # the job's audio kept on disk (speech/job_audio.py)
 
     # -- updates (all on the loop) --------------------------------------------------------
+
+    def produced(self, pcm: bytes) -> None:
+        """Count (and keep) PCM the synthesis produced for the client."""
+        self.audio_bytes += len(pcm)
+        if self.audio_file is not None:
+            self.audio_file.write(pcm)
 
     def touch(self) -> None:
         self._dirty.set()
@@ -380,6 +388,8 @@ class LiveJob:
         self.finished_at = timezone.now()
         self._finished_t = time.perf_counter()
         self.usage = usage_for(self.text, self.audio_bytes, self.sample_rate)
+        if self.audio_file is not None:
+            self.audio_file.close()
         self._final.set()
         self._output.set()
         self._dirty.set()
@@ -920,6 +930,7 @@ async def synthesis_stream(
         total_chunks=len(pieces),
     )
     _start_recording(job)
+    job.audio_file = open_job_audio(job.id, out_rate)
     per_engine = [engine_params(p.engine_kind, values, knobs.given) for p in plans]
     quality = RESAMPLE_QUALITY[values["streaming_quality"]]
     buffer_size: int = values["streaming_buffer_size"]
@@ -1049,7 +1060,7 @@ async def synthesis_stream(
                 pcm = tail + pcm
             if not pcm and not marks:
                 continue
-            job.audio_bytes += len(pcm)
+            job.produced(pcm)
             job.touch()
             if index < hold_until:
                 held.append(SpeechChunk(pcm, job, index, tuple(marks), segment))
@@ -1070,7 +1081,7 @@ async def synthesis_stream(
             marks = [m for c in held for m in c.marks]
             yield SpeechChunk(pcm, job, last.piece, tuple(marks), last.segment)
         if resampler is not None and (tail := resampler.feed(b"", last=True)):
-            job.audio_bytes += len(tail)
+            job.produced(tail)
             yield SpeechChunk(tail, job, max(len(pieces) - 1, 0), (), segment or 0)
         job.current_chunk = len(pieces)
         job.finish(JobStatus.COMPLETED)

@@ -45,6 +45,9 @@ urlpatterns = [
     path("v1/voices/<str:name>/download", views.voice_download_view, name="voice-download"),
     path("v1/voices/<str:name>/aliases", ops.voice_aliases_view, name="voice-aliases"),
     path("v1/voices/<str:name>/aliases/<str:alias>", ops.voice_alias_view, name="voice-alias"),
+    path(
+        "v1/audio/speech/jobs/<str:job_id>/audio.wav", views.job_audio_view, name="speech-job-audio"
+    ),
     path("v1/status/progress", views.progress_view, name="speech-progress"),
     path("v1/status/progress/<str:job_id>", views.job_progress_view, name="speech-job-progress"),
     path("v1/models", views.models_view, name="models"),

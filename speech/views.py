@@ -27,7 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 from config.error_shapes import openai_error, validation_detail
 from config.errors import exception_response
 from config.http_ranges import ranged_response
-from speech import cache, selectors, streaming, system, voices
+from speech import cache, job_audio, selectors, streaming, system, voices
 from speech.services import live_job
 from speech.tts import VoiceSample
 from streams.auth import authenticate, require_writer
@@ -248,6 +248,27 @@ async def job_progress_view(request: HttpRequest, job_id: str) -> HttpResponse:
     if job is None:
         raise ApiError("job_not_found", f"No speech job {job_id}.", field="job_id", status_code=404)
     return JsonResponse(selectors.progress_of(job))
+
+
+@api_view("GET", "HEAD")
+async def job_audio_view(request: HttpRequest, job_id: str) -> HttpResponseBase:
+    """GET /v1/audio/speech/jobs/{job_id}/audio.wav: what the job synthesized, as a WAV with
+    byte ranges (speech/job_audio.py); 404 while it runs or once its audio was pruned."""
+    key = _job_id(job_id)
+    path = job_audio.job_audio_path(key)
+    if path is None:
+        if live_job(key) is None and await runtime.run_db(selectors.job_by_id, key) is None:
+            raise ApiError(
+                "job_not_found", f"No speech job {job_id}.", field="job_id", status_code=404
+            )
+        raise ApiError(
+            "audio_not_kept",
+            f"Speech job {job_id} has no audio here: it is still running, made none, or its "
+            "audio was pruned (PARLEY_SPEECH_AUDIO_MAX_BYTES).",
+            field="job_id",
+            status_code=404,
+        )
+    return ranged_response(request, path, content_type="audio/wav", filename=f"{key}.wav")
 
 
 # --- health, models (/memory: speech.operator_views) --------------------------------------

@@ -244,6 +244,33 @@ def json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def check_chunk_data(data: bytes, fmt: PcmFormat, *, done: bool) -> None:
+    """A chunk's audio bytes against the stream's format and the server's limit.
+
+    Raises ApiError `chunk_too_large` (413, over PARLEY_MAX_CHUNK_BYTES), `partial_frame`
+    (not a whole number of frames) or `empty_chunk` (no data, and not the final chunk).
+    """
+    limit = settings.PARLEY_MAX_CHUNK_BYTES
+    if len(data) > limit:
+        raise ApiError(
+            "chunk_too_large",
+            f"A chunk may carry at most {limit} bytes of audio; this one has {len(data)}.",
+            field="data",
+            status_code=413,
+        )
+    if len(data) % fmt.frame_bytes:
+        raise ApiError(
+            "partial_frame",
+            f"data is {len(data)} bytes, not a whole number of {fmt.frame_bytes}-byte frames "
+            f"({fmt.channels} channel(s) x {fmt.bytes_per_sample} bytes).",
+            field="data",
+        )
+    if not data and not done:
+        raise ApiError(
+            "empty_chunk", "data is empty; only the final chunk (done=true) may be.", field="data"
+        )
+
+
 def chunk_from_request(values: dict, *, raw_data: bytes | None, speaker: str) -> ChunkIn:
     """Validate one chunk (JSON or raw body) into a ChunkIn, or raise ApiError with the field."""
     if raw_data is None:
@@ -272,25 +299,7 @@ def chunk_from_request(values: dict, *, raw_data: bytes | None, speaker: str) ->
             raise ApiError("bad_base64", "data is not valid base64.", field="data") from exc
     else:
         data = raw_data
-    limit = settings.PARLEY_MAX_CHUNK_BYTES
-    if len(data) > limit:
-        raise ApiError(
-            "chunk_too_large",
-            f"A chunk may carry at most {limit} bytes of audio; this one has {len(data)}.",
-            field="data",
-            status_code=413,
-        )
-    if len(data) % fmt.frame_bytes:
-        raise ApiError(
-            "partial_frame",
-            f"data is {len(data)} bytes, not a whole number of {fmt.frame_bytes}-byte frames "
-            f"({fmt.channels} channel(s) x {fmt.bytes_per_sample} bytes).",
-            field="data",
-        )
-    if not data and not fields["done"]:
-        raise ApiError(
-            "empty_chunk", "data is empty; only the final chunk (done=true) may be.", field="data"
-        )
+    check_chunk_data(data, fmt, done=fields["done"])
     return ChunkIn(
         room_name=room,
         speaker=speaker,

@@ -673,6 +673,24 @@ def chunk_ingest(chunk: ChunkIn) -> dict[str, Any]:
         return _ack(stream, chunk.seq, duplicate=False)
 
 
+def chunk_ingest_group(chunks: list[ChunkIn]) -> list[dict[str, Any] | ApiError]:
+    """Several chunks in one transaction (group commit): one durable write for all of them.
+
+    Each chunk is `chunk_ingest` in a savepoint of its own, so a refused one (its ApiError
+    in the answer, at its place) leaves the others stored; the answers are only true once
+    this returns, i.e. once the group is committed. A database error fails the whole group
+    (raised, nothing of it stored), as it would fail each of them alone.
+    """
+    answers: list[dict[str, Any] | ApiError] = []
+    with transaction.atomic():
+        for chunk in chunks:
+            try:
+                answers.append(chunk_ingest(chunk))
+            except ApiError as refused:
+                answers.append(refused)
+    return answers
+
+
 def _aware(moment: datetime) -> datetime:
     # SQLite hands raw queries naive UTC datetimes; PostgreSQL aware ones.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

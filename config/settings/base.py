@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "channels",
     "corsheaders",
     "streams",
+    "ingest",
     "spectate",
     "speech",
     "speechws",
@@ -304,6 +305,8 @@ CORS_PREFLIGHT_MAX_AGE = 600  # seconds a browser may reuse a preflight's answer
 PARLEY_TURN_LEASE_S = env_float("PARLEY_TURN_LEASE_S", 30.0)
 PARLEY_GAP_TIMEOUT_S = env_float("PARLEY_GAP_TIMEOUT_S", 5.0)
 PARLEY_MAX_CHUNK_BYTES = env_int("PARLEY_MAX_CHUNK_BYTES", 1024 * 1024)
+# WS /ws/audio (ingest/session.py): chunks a client may send ahead of their acknowledgements.
+PARLEY_INGEST_WS_WINDOW = env_int("PARLEY_INGEST_WS_WINDOW", 64)
 PARLEY_MAX_STREAM_BYTES = env_int("PARLEY_MAX_STREAM_BYTES", 50 * 1024 * 1024)
 # Chunks (so seqs) a stream may have: by default as many 10 ms chunks of the default format
 # (24 kHz 16-bit mono, 480 bytes) as the byte limit holds. It bounds what a seq can make the
@@ -356,6 +359,12 @@ PARLEY_OPENAI_TTS_SAMPLE_RATE = env_int("PARLEY_OPENAI_TTS_SAMPLE_RATE", 24000)
 PARLEY_TTS_MAX_VOICE_BYTES = env_int("PARLEY_TTS_MAX_VOICE_BYTES", 10 * 1024 * 1024)
 # A queued/running speech job whose row nobody wrote (heartbeat) this long is marked failed.
 PARLEY_SPEECH_JOB_STALE_S = env_float("PARLEY_SPEECH_JOB_STALE_S", 90.0)
+# Each speech job's audio as a WAV (speech/job_audio.py; the admin's players and
+# GET /v1/audio/speech/jobs/{id}/audio.wav): the oldest are deleted past the folder's total,
+# a job's file stops growing at its own cap (10 min at 24 kHz); 0 keeps nothing.
+PARLEY_SPEECH_AUDIO_DIR = Path(os.environ.get("PARLEY_SPEECH_AUDIO_DIR", VAR_DIR / "speech-audio"))
+PARLEY_SPEECH_AUDIO_MAX_BYTES = env_int("PARLEY_SPEECH_AUDIO_MAX_BYTES", 512 * 1024 * 1024)
+PARLEY_SPEECH_AUDIO_MAX_JOB_BYTES = env_int("PARLEY_SPEECH_AUDIO_MAX_JOB_BYTES", 600 * 24000 * 2)
 # Long text jobs (POST /v1/audio/speech/long, docs/speech.md "Long text jobs"): the longest
 # input, the characters of each stored piece, and how long a worker's claim on a job lasts
 # without renewal (a job of a killed worker is taken over by another after this).

@@ -18,3 +18,11 @@ else:
 # Tests (and benches, which use these settings) synthesize every request unless a test turns
 # the cache on: a shared var/tts-cache would make one run's answers depend on the last's.
 PARLEY_TTS_CACHE_MAX_BYTES = env_int("PARLEY_TTS_CACHE_MAX_BYTES", 0)
+
+# Each test process keeps its speech jobs' audio in its own folder (speech/job_audio.py).
+PARLEY_SPEECH_AUDIO_DIR = Path(
+    os.environ.get(
+        "PARLEY_SPEECH_AUDIO_DIR",
+        Path(tempfile.gettempdir()) / f"parley-speech-audio-{os.getpid()}",
+    )
+)
