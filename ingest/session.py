@@ -124,8 +124,8 @@ class IngestSession:
         self._closed = True
         if self._writer is not None:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+            # Waited for, not awaited: a cancellation of stop() itself must still propagate.
+            await asyncio.wait([self._writer], timeout=5)
 
     # --- frames in ----------------------------------------------------------------------------
 

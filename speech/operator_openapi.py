@@ -549,7 +549,18 @@ def voice_library_paths() -> dict[str, Any]:
                 404,
                 415,
                 503,
-                body=_closed({"voice_name": {"type": "string", "maxLength": 128}}, ["voice_name"]),
+                # What default_voice_set refuses: empty or only whitespace.
+                body=_closed(
+                    {
+                        "voice_name": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 128,
+                            "pattern": "\\S",
+                        }
+                    },
+                    ["voice_name"],
+                ),
             ),
             "delete": _op(
                 "voice_default_clear",
