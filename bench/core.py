@@ -62,7 +62,19 @@ QUIET_MARGIN_S = 1.0  # a sample is quiet if others were quiet from this long be
 # stock project (the issue's reference numbers).
 BARE_PATH = "/bench/bare"
 STOCK_BARE_PATH = "/bench-stock/bare"
-TARGETS = {"lateness_p99_ms": 5.0, "chunk_p99_ms": 20.0, "ingest_ratio": 0.60}
+# WS /ws/audio's yardstick: a bare echo consumer on the same daphne (bench/asgi.py).
+ECHO_PATH = "/bench/ws-echo"
+BENCH_APP = "bench.asgi:application"
+TARGETS = {
+    "lateness_p99_ms": 5.0,
+    "chunk_p99_ms": 20.0,
+    "ingest_ratio": 0.60,
+    # issue 11 §2: acked chunks/s of one worker over WS /ws/audio, and its share of the echo
+    "ws_per_s": {"embedded": 1500.0, "postgres": 800.0, "postgres-core": 800.0},
+    "ws_ratio": 0.50,
+}
+PHASES = ("lateness", "latency", "throughput", "ws")
+PHASE_ALIASES = {"wrk": "throughput"}
 BACKENDS = {
     "embedded": "embedded (SQLite + in-memory layer)",
     "postgres": "PostgreSQL + Redis (pubsub layer)",
@@ -735,6 +747,179 @@ def throughput_phase(
     }
 
 
+# --- phase 4: WebSocket ingest ------------------------------------------------------------
+
+
+async def ws_stream(
+    url: str,
+    frames: Any,
+    *,
+    window: int,
+    until: float,
+    check_acks: bool,
+) -> dict[str, Any]:
+    """One speaker: send `frames` (an iterator of str | bytes) with up to `window` frames
+    unanswered until perf_counter() reaches `until`, then wait for the answers still due.
+
+    Returns the receipt times of every answer, and (check_acks) the errors and the acks whose
+    seq is not the next one (WS /ws/audio answers in the order sent).
+    """
+    credit = asyncio.Semaphore(window)
+    answered: list[float] = []
+    bad: list[str] = []
+    expected = 0
+    final: int | None = None  # frames sent, once sending stopped
+    drained = asyncio.Event()
+    async with websockets.connect(url, max_size=None, compression=None) as ws:
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            raise BenchError(f"{url}: no ready frame: {ready}")
+
+        async def reader() -> None:
+            nonlocal expected
+            async for raw in ws:
+                answered.append(time.perf_counter())
+                credit.release()
+                if final is not None and len(answered) >= final:
+                    drained.set()
+                if check_acks:
+                    answer = json.loads(raw)
+                    if answer.get("type") != "ack" or answer.get("seq") != expected:
+                        bad.append(str(raw)[:200])
+                    expected += 1
+
+        reading = asyncio.create_task(reader())
+        sent = 0
+        while time.perf_counter() < until:
+            await credit.acquire()
+            await ws.send(next(frames))
+            sent += 1
+        # The frames still unanswered get 10 s (a lagging commit is slow, not lost).
+        final = sent
+        if len(answered) < sent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), 10)
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+            await reading
+    if len(answered) < sent:
+        bad.append(f"{sent - len(answered)} frames unanswered")
+    return {"sent": sent, "answered": answered, "bad": bad}
+
+
+def ws_frames(kind: str, stream_id: str, chunk: bytes) -> Any:
+    """The frames of one stream: raw PCM (binary), or POST /audio's JSON with base64 data."""
+    if kind == "binary":
+        return itertools.repeat(chunk)
+    data = base64.b64encode(chunk).decode()
+    return (
+        f'{{"stream_id":"{stream_id}","seq":{seq},"data":"{data}"}}' for seq in itertools.count()
+    )
+
+
+async def ws_run(
+    server: DaphneProcess, target: str, kind: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """N speakers at once against /ws/audio (target "ingest") or the bare echo ("echo")."""
+    token = secrets.token_hex(3)
+    chunk = b"\x01\x02" * (args.ws_chunk_ms * BYTES_PER_MS // 2)
+    started = time.perf_counter()
+    measure_from = started + args.ws_warmup
+    until = measure_from + args.ws_seconds
+    calls = []
+    for index in range(args.ws_speakers):
+        stream_id = f"wsi-{token}-{index}"
+        if target == "echo":
+            url = f"{server.ws_url}{ECHO_PATH}"
+        else:
+            # Each speaker in its own room (one floor each): the rate is the worker's, not a
+            # room's; binary frames start at seq 0 of the stream the query names.
+            url = (
+                f"{server.ws_url}/ws/audio?room=wsi-{token}-{index}&speaker=bench-{index}"
+                f"&stream_id={stream_id}"
+            )
+        calls.append(
+            ws_stream(
+                url,
+                ws_frames(kind, stream_id, chunk),
+                window=args.ws_window,
+                until=until,
+                check_acks=target == "ingest",
+            )
+        )
+    # The CPU meter covers the measured seconds only (not connect, warm-up or drain).
+    meter = CpuMeter(server.pid)
+
+    async def metered() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        meter.__enter__()
+        await asyncio.sleep(max(0.0, until - time.perf_counter()))
+        meter.__exit__()
+
+    streams, _ = await asyncio.gather(asyncio.gather(*calls), metered())
+    counted = sum(1 for s in streams for t in s["answered"] if measure_from <= t < until)
+    bad = [b for s in streams for b in s["bad"]]
+    return {
+        "target": target,
+        "kind": kind,
+        "per_s": counted / args.ws_seconds,
+        "answered": counted,
+        "sent": sum(s["sent"] for s in streams),
+        "bad": len(bad),
+        "bad_first": bad[:3],
+        "server_cpu_pct": meter.server_pct,
+        "server_cpu_ms_per_msg": 1000 * meter.server_s / max(1, counted),
+        "client_cpu_pct": meter.client_pct,
+        "others_pct": meter.others_pct,
+    }
+
+
+def ws_phase(
+    server: DaphneProcess, args: argparse.Namespace, profile_dir: Path | None, backend: str
+) -> dict[str, Any]:
+    """WS /ws/audio against the bare echo, alternating, for each frame kind."""
+    result: dict[str, Any] = {
+        "speakers": args.ws_speakers,
+        "window": args.ws_window,
+        "chunk_ms": args.ws_chunk_ms,
+        "seconds": args.ws_seconds,
+        "kinds": {},
+    }
+    for kind in args.ws_frames:
+        runs: dict[str, list[dict[str, Any]]] = {"echo": [], "ingest": []}
+        for round_ in range(args.ws_rounds):
+            for target in ("echo", "ingest"):
+                with Profiler(profile_dir, server.pid, f"{backend}-ws-{kind}-{target}-{round_}"):
+                    last = asyncio.run(ws_run(server, target, kind, args))
+                runs[target].append(last)
+                log(
+                    f"  ws {kind:6} {target:6} round {round_ + 1}: {last['per_s']:.0f}/s, "
+                    f"daphne CPU {last['server_cpu_pct']:.0f}% "
+                    f"({last['server_cpu_ms_per_msg']:.3f} ms per message), "
+                    f"client CPU {last['client_cpu_pct']:.0f}%, bad {last['bad']}, "
+                    f"others {last['others_pct']:.0f}%"
+                )
+                if last["bad"]:
+                    log(f"    first bad answers: {last['bad_first']}")
+
+        def mean(values: list[float]) -> float:
+            return sum(values) / len(values) if values else math.nan
+
+        echo = mean([r["per_s"] for r in runs["echo"]])
+        ingest = mean([r["per_s"] for r in runs["ingest"]])
+        result["kinds"][kind] = {
+            "echo_per_s": echo,
+            "ingest_per_s": ingest,
+            "ratio": ingest / echo if echo else math.nan,
+            "echo_cpu_ms": mean([r["server_cpu_ms_per_msg"] for r in runs["echo"]]),
+            "ingest_cpu_ms": mean([r["server_cpu_ms_per_msg"] for r in runs["ingest"]]),
+            "bad": sum(r["bad"] for rs in runs.values() for r in rs),
+            "others_pct": max(r["others_pct"] for rs in runs.values() for r in rs),
+            "runs": runs,
+        }
+    return result
+
+
 # --- one backend --------------------------------------------------------------------------
 
 
@@ -748,7 +933,7 @@ def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
         database = urlsplit(env["DATABASE_URL"] or "").path.strip("/")
         CpuMeter.markers = (f" {database} ", "redis-server") if database else ()
         server = DaphneProcess(
-            env=env, name=f"daphne-{name}", extra_args=shlex.split(args.daphne_args)
+            BENCH_APP, env=env, name=f"daphne-{name}", extra_args=shlex.split(args.daphne_args)
         )
         try:
             time.sleep(0.5)  # first sweep, connection pool warm-up
@@ -782,6 +967,8 @@ def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     )
                 elif phase == "throughput":
                     result["throughput"] = throughput_phase(server, args, profile_dir, name)
+                elif phase == "ws":
+                    result["ws"] = ws_phase(server, args, profile_dir, name)
                 else:
                     raise BenchError(f"unknown phase {phase!r}")
         finally:
@@ -852,7 +1039,8 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
                 cells.append(cell(r))
             except KeyError:
                 cells.append("-")
-        rows.append([metric, target, *cells])
+        if any(c != "-" for c in cells):  # a phase not run (--phases) leaves no row
+            rows.append([metric, target, *cells])
 
     def ratio(value: float) -> str:
         if math.isnan(value):
@@ -958,6 +1146,42 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
 
     row("  daphne CPU ms per request: bare / stock bare / ingest", "", cpu)
     row("  wrk errors (non-2xx, timeouts)", "0", lambda r: str(r["throughput"]["errors"]))
+    ws_rate, ws_ratio = t["ws_per_s"], t["ws_ratio"]
+    for kind in args.ws_frames:
+
+        def ws_ingest(r: dict[str, Any], kind: str = kind) -> str:
+            value = r["ws"]["kinds"][kind]["ingest_per_s"]
+            goal = ws_rate.get(r["backend"], math.nan)
+            return f"{value:.0f}" + _verdict(value, value >= goal)
+
+        def ws_share(r: dict[str, Any], kind: str = kind) -> str:
+            value = r["ws"]["kinds"][kind]["ratio"]
+            return (
+                "n/a" if math.isnan(value) else f"{value:.0%}" + _verdict(value, value >= ws_ratio)
+            )
+
+        what = "raw PCM binary frames" if kind == "binary" else "JSON frames, base64 data"
+        row(
+            f"WS /ws/audio ingest, {what}: acked chunks/s "
+            f"({args.ws_speakers} sockets, window {args.ws_window}, {args.ws_chunk_ms} ms chunks)",
+            ">= {:g} embedded, >= {:g} PostgreSQL".format(ws_rate["embedded"], ws_rate["postgres"]),
+            ws_ingest,
+        )
+        row(
+            "  yardstick: bare daphne WS echo of the same frames, msgs/s",
+            "",
+            lambda r, kind=kind: "{:.0f}".format(r["ws"]["kinds"][kind]["echo_per_s"]),
+        )
+        row("  WS ingest / echo", f">= {ws_ratio:.0%}", ws_share)
+        row(
+            "  daphne CPU ms per message: echo / ingest; bad acks",
+            "; 0",
+            lambda r, kind=kind: "{:.3f} / {:.3f}; {}".format(
+                r["ws"]["kinds"][kind]["echo_cpu_ms"],
+                r["ws"]["kinds"][kind]["ingest_cpu_ms"],
+                r["ws"]["kinds"][kind]["bad"],
+            ),
+        )
 
     def noise(r: dict[str, Any]) -> str:
         parts = []
@@ -968,6 +1192,8 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
         if "throughput" in r:
             runs = [x["others_pct"] for xs in r["throughput"]["runs"].values() for x in xs]
             parts.append(f"{max(runs):.0f}")
+        if "ws" in r:
+            parts.append(f"{max(k['others_pct'] for k in r['ws']['kinds'].values()):.0f}")
         return " / ".join(parts) + "%"
 
     row(
@@ -976,7 +1202,7 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
         lambda r: " / ".join(f"{v:.1f}" for v in r["speed"].values()),
     )
     row(
-        "other processes' CPU, % of machine: lateness / latency / wrk (max)",
+        "other processes' CPU, % of machine: lateness / latency / wrk (max) / ws (max)",
         f"< {QUIET_PCT:g}",
         noise,
     )
@@ -990,7 +1216,8 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], args: argpars
         f"{machine['nproc']} x {machine['cpu']}, {machine['ram']} RAM, Python {machine['python']}",
         f"load: lateness {args.streams} streams in {args.rooms} rooms (1 spectator each); "
         f"latency {args.rate:g} chunks/s of {args.chunk_ms} ms, {args.spectators} spectators; "
-        f"wrk -t{args.wrk_connections} -c{args.wrk_connections}, {args.wrk_seconds:g} s runs"
+        f"wrk -t{args.wrk_connections} -c{args.wrk_connections}, {args.wrk_seconds:g} s runs; "
+        f"ws {args.ws_speakers} sockets, window {args.ws_window}, {args.ws_seconds:g} s runs"
         + (f"; bench, daphne and wrk at nice {machine['nice']}" if machine["nice"] else ""),
         f"quiet = other processes under {QUIET_PCT:g}% of the machine from {QUIET_MARGIN_S:g} s "
         "before a sample until its end (wrk: during both runs of a pair)",
@@ -1037,8 +1264,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--phases",
-        default="lateness,latency,throughput",
-        help="comma-separated subset of lateness,latency,throughput",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (wrk = throughput), run in "
+        "the order given, e.g. --phases ws,wrk",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--database-url", help="PostgreSQL server (default: $DATABASE_URL)")
@@ -1072,6 +1300,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="throughput: up to this many more rounds while fewer than --rounds were quiet",
     )
     parser.add_argument("--chunks-per-stream", type=int, default=50, help="throughput")
+    parser.add_argument("--ws-speakers", type=int, default=8, help="ws: sockets at once")
+    parser.add_argument(
+        "--ws-window", type=int, default=32, help="ws: frames each socket sends ahead of answers"
+    )
+    parser.add_argument("--ws-chunk-ms", type=int, default=20, help="ws: audio per chunk (ms)")
+    parser.add_argument("--ws-seconds", type=float, default=5.0, help="ws: measured seconds")
+    parser.add_argument("--ws-warmup", type=float, default=1.0, help="ws: unmeasured start (s)")
+    parser.add_argument("--ws-rounds", type=int, default=2, help="ws: echo/ingest rounds")
+    parser.add_argument(
+        "--ws-frames", default="binary,json", help="ws: frame kinds, from binary,json"
+    )
     parser.add_argument("--daphne-args", default="", help="extra daphne arguments, e.g. -v0")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", metavar="DIR", help="py-spy record each phase into DIR")
@@ -1101,8 +1340,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.streams, args.latency_seconds, args.latency_warmup = 48, 3.0, 0.5
         args.wrk_seconds, args.wrk_warmup, args.rounds, args.extra_rounds = 3.0, 1.0, 1, 0
+        args.ws_seconds, args.ws_warmup, args.ws_rounds = 2.0, 0.5, 1
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    args.phases = [
+        PHASE_ALIASES.get(p.strip(), p.strip()) for p in args.phases.split(",") if p.strip()
+    ]
+    args.ws_frames = [k.strip() for k in args.ws_frames.split(",") if k.strip()]
+    if set(args.phases) - set(PHASES):
+        parser.error(f"unknown phase(s): {', '.join(sorted(set(args.phases) - set(PHASES)))}")
+    if set(args.ws_frames) - {"binary", "json"}:
+        parser.error("--ws-frames takes binary and/or json")
     unknown = set(args.backends) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
