@@ -1,14 +1,26 @@
-"""Response formats of /v1/audio/speech: pcm and wav written here, the rest through ffmpeg.
+"""Response formats of /v1/audio/speech: pcm and wav written here, the rest by an encoder.
 
-The compressed formats are encoded incrementally by one ffmpeg process per response (the
-binary shipped by ``imageio-ffmpeg``): PCM goes in on stdin while encoded bytes are read from
-stdout at the same time, so the first bytes leave while the engine is still speaking.
+The compressed formats are encoded incrementally, so the first bytes leave while the engine
+is still speaking. Two encoders make the same streams (same muxer, codec, rate, bitrate or
+compression level, one packet written out at a time):
 
-FLAC is the exception: its header (STREAMINFO) holds the total sample count and the audio's
-MD5, known only at the end. Streamed, they are 0 ("unknown", legal) and libsndfile (Python's
-soundfile, Sonic Visualiser...) then cannot read the file at all: it takes the length as
-2**63-1 frames. So ffmpeg writes FLAC to a temporary file, which it can seek back into to
-complete the header (sample count, MD5, frame sizes), and the file is sent when it is done.
+- ``pyav`` (the default): libav in this process through PyAV (the ``av`` wheel, which
+  faster-whisper brings too). Opening it costs well under a millisecond, not a process start;
+  each chunk is encoded in a small thread pool (libav releases the GIL while it encodes), so
+  a slow encoder (ffmpeg's aac runs ~25x real time) never holds up the event loop.
+- ``ffmpeg``: one ffmpeg process per response (the binary shipped by ``imageio-ffmpeg``), PCM
+  on stdin while encoded bytes are read from stdout at the same time. It costs 15-30 ms to
+  start, hidden only when the engine's first chunk takes longer.
+
+``PARLEY_SPEECH_ENCODER=ffmpeg`` selects the process (read when an encoder is made); anything
+else, or nothing, PyAV. ``bench/tts.py`` measures both in one run (docs/benchmarks.md).
+
+FLAC is the exception to streaming: its header (STREAMINFO) holds the total sample count and
+the audio's MD5, known only at the end. Streamed, they are 0 ("unknown", legal) and libsndfile
+(Python's soundfile, Sonic Visualiser...) then cannot read the file at all: it takes the
+length as 2**63-1 frames. So FLAC is written to a temporary file, which the muxer seeks back
+into to complete the header (sample count, MD5, frame sizes), and the file is sent when it
+is done.
 """
 
 from __future__ import annotations
@@ -21,7 +33,9 @@ import tempfile
 import weakref
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 from streams.audio import PcmFormat, wav_header
 
@@ -32,6 +46,9 @@ MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # OpenAI documents its raw pcm as 24 kHz: an unchanged OpenAI client assumes that rate.
 OPENAI_PCM_RATE = 24000
+
+ENCODER_SETTING = "PARLEY_SPEECH_ENCODER"
+ENCODERS = ("pyav", "ffmpeg")
 
 
 @dataclass(frozen=True)
@@ -44,7 +61,14 @@ class Codec:
     bitrates: dict[str, int] | None = None
     # ... or -> compression level (flac)
     levels: dict[str, int] | None = None
-    muxer_args: tuple[str, ...] = ()
+    # libav options of the encoder and of the muxer (ffmpeg: ``-name value`` each).
+    codec_options: dict[str, str] = field(default_factory=dict)
+    muxer_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def muxer_args(self) -> tuple[str, ...]:
+        options = {**self.codec_options, **self.muxer_options}
+        return tuple(arg for name, value in options.items() for arg in (f"-{name}", value))
 
 
 CODECS: dict[str, Codec] = {
@@ -62,7 +86,8 @@ CODECS: dict[str, Codec] = {
         OPUS_RATES,
         bitrates={"fast": 32, "balanced": 64, "high": 128},
         # One Ogg page per 20 ms frame instead of one per second: bytes leave as they come.
-        muxer_args=("-frame_duration", "20", "-page_duration", "20000"),
+        codec_options={"frame_duration": "20"},
+        muxer_options={"page_duration": "20000"},
     ),
     "aac": Codec(
         "audio/aac",
@@ -113,9 +138,9 @@ def output_rate(response_format: str, requested: int | None) -> int | None:
 
     Raw PCM defaults to OpenAI's 24 kHz whatever the transport: an unchanged OpenAI client
     plays SSE deltas as 24 kHz too and ignores our `speech.audio.info` (Pipecat, the SDK's
-    helpers). The compressed formats too, which also fixes ffmpeg's input rate before the
-    engine is known, so ffmpeg can start while the engine does. wav describes its rate, so it
-    keeps the engine's.
+    helpers). The compressed formats too, which also fixes the encoder's input rate before
+    the engine is known, so the encoder can start while the engine does. wav describes its
+    rate, so it keeps the engine's.
     """
     codec = CODECS.get(response_format)
     if codec is not None and codec.rates is not None:
@@ -129,6 +154,164 @@ def output_rate(response_format: str, requested: int | None) -> int | None:
 
 def streamed_wav_header(sample_rate: int) -> bytes:
     return wav_header(PcmFormat(sample_rate_hz=sample_rate), None)
+
+
+def encoder_name() -> str:
+    """The encoder new responses get: ``PARLEY_SPEECH_ENCODER`` (``pyav`` unless ``ffmpeg``)."""
+    return "ffmpeg" if os.environ.get(ENCODER_SETTING, "").strip().lower() == "ffmpeg" else "pyav"
+
+
+# Formats whose header is only complete once the whole stream is known (see the module doc).
+WHOLE_FILE_FORMATS = frozenset({"flac"})
+SEND_PIECE = 1 << 16
+
+
+# --- PyAV -------------------------------------------------------------------------------------
+
+# Encoding runs here, one call per chunk, so the event loop only waits for it. Each encoder
+# uses one thread at a time; eight cover more concurrent responses than two cores can feed.
+_ENCODE_THREADS = ThreadPoolExecutor(8, thread_name_prefix="parley-encoder")
+
+
+class _Sink:
+    """What the muxer writes to: collected until taken. No ``seek``: libav then treats it as
+    a pipe, exactly as ffmpeg's stdout (e.g. no Xing header in mp3, as before)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts.clear()
+        return data
+
+
+class AVEncoder:
+    """One response's encoder in this process: s16le mono PCM at ``sample_rate`` Hz in,
+    the format's bytes out. Not thread-safe; ``encode`` calls it from one thread at a time.
+
+    Raises EncoderError when libav refuses the setup or the audio."""
+
+    def __init__(self, response_format: str, sample_rate: int, quality: str) -> None:
+        import av
+
+        codec = CODECS[response_format]
+        self.response_format = response_format
+        self.sample_rate = sample_rate
+        self.file: IO[bytes] | None = None
+        self._sink = _Sink()
+        if response_format in WHOLE_FILE_FORMATS:
+            # Seekable, so the muxer completes the header; on disk, so memory stays flat.
+            self.file = tempfile.TemporaryFile(  # noqa: SIM115 - closed by close()
+                prefix="parley-", suffix=f".{response_format}"
+            )
+        self._pts = 0
+        self._odd = b""  # half a sample left over from the previous piece
+        self._closed = False
+        options = dict(codec.codec_options)
+        if codec.levels is not None:
+            options["compression_level"] = str(codec.levels[quality])
+        try:
+            self._container = av.open(
+                self.file if self.file is not None else self._sink,
+                mode="w",
+                format=codec.muxer,
+                # Each packet is written out as soon as it is muxed, not when a buffer fills.
+                container_options={"flush_packets": "1", **codec.muxer_options},
+            )
+            self._stream = self._container.add_stream(
+                codec.encoder, rate=sample_rate, options=options
+            )
+            self._stream.codec_context.layout = "mono"
+            kbps = bitrate_kbps(response_format, sample_rate, quality)
+            if kbps is not None:
+                self._stream.codec_context.bit_rate = kbps * 1000
+            # Opens the codec and writes the header now, before the first audio arrives.
+            self._container.start_encoding()
+        except Exception as error:
+            self.close()
+            raise EncoderError(f"libav ({response_format}) failed to start: {error}") from error
+
+    def feed(self, pcm: bytes) -> bytes:
+        """Encode ``pcm``; returns the bytes that are ready (b"" for a whole-file format)."""
+        import av
+        import numpy as np
+
+        pcm = self._odd + pcm
+        usable = len(pcm) - len(pcm) % 2
+        self._odd = pcm[usable:]
+        if usable:
+            samples = np.frombuffer(pcm, dtype="<i2", count=usable // 2).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.pts = self._pts
+            self._pts += samples.shape[1]
+            self._mux(frame)
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        """Flush the encoder and write the trailer; returns the last bytes (whole-file
+        formats: b"", the file is then complete in ``self.file``)."""
+        self._mux(None)
+        try:
+            self._container.close()
+        except Exception as error:
+            raise EncoderError(f"libav ({self.response_format}) failed: {error}") from error
+        self._closed = True
+        return self._sink.take()
+
+    def _mux(self, frame: Any) -> None:
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except Exception as error:
+            raise EncoderError(f"libav ({self.response_format}) failed: {error}") from error
+
+    def close(self) -> None:
+        """Release libav's state and the temporary file; idempotent."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._container.close()
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+
+
+async def _av_encode(pcm: AsyncIterator[bytes], encoder: AVEncoder) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    running: asyncio.Future[Any] | None = None
+
+    def run(function: Any, *args: Any) -> asyncio.Future[Any]:
+        nonlocal running
+        running = loop.run_in_executor(_ENCODE_THREADS, function, *args)
+        return running
+
+    try:
+        async with contextlib.aclosing(pcm):
+            async for data in pcm:
+                # Pulled one chunk at a time: a slow client slows the engine's stream too.
+                if out := await run(encoder.feed, data):
+                    yield out
+        if out := await run(encoder.finish):
+            yield out
+        if encoder.file is not None:
+            encoder.file.seek(0)
+            while data := await run(encoder.file.read, SEND_PIECE):
+                yield data
+    finally:
+        if running is not None and not running.done():
+            # Left mid-chunk (client gone): libav is still busy in its thread; close after.
+            running.add_done_callback(lambda _: encoder.close())
+        else:
+            encoder.close()
+
+
+# --- ffmpeg -----------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -162,17 +345,23 @@ def ffmpeg_command(
     ]
 
 
-# Formats whose header is only complete once the whole stream is known (see the module doc).
-WHOLE_FILE_FORMATS = frozenset({"flac"})
 # The temporary file each such encoder writes, removed by ``stop``.
 _OUTPUT_FILES: weakref.WeakKeyDictionary[Process, str] = weakref.WeakKeyDictionary()
-SEND_PIECE = 1 << 16
+
+Encoder = Process | AVEncoder
 
 
-async def spawn(response_format: str, sample_rate: int, quality: str) -> Process:
-    """Start the encoder; started early, it is ready by the time the first audio is.
-
-    FLAC is written to a temporary file (see the module doc); ``stop`` removes it."""
+async def spawn(
+    response_format: str, sample_rate: int, quality: str, *, backend: str | None = None
+) -> Encoder:
+    """Start an encoder (``backend``: "pyav" or "ffmpeg", default ``encoder_name()``);
+    started early, it is ready by the time the first audio is. ``stop`` releases it (and a
+    FLAC encoder's temporary file, see the module doc) when ``encode`` never runs."""
+    if (backend or encoder_name()) == "pyav":
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _ENCODE_THREADS, AVEncoder, response_format, sample_rate, quality
+        )
     output = "pipe:1"
     if response_format in WHOLE_FILE_FORMATS:
         fd, output = tempfile.mkstemp(prefix="parley-", suffix=f".{response_format}")
@@ -198,8 +387,13 @@ def _remove(path: str | None) -> None:
             os.unlink(path)
 
 
-async def stop(process: Process) -> None:
-    """Kill the encoder if it still runs and remove its temporary file, if any."""
+async def stop(encoder: Encoder) -> None:
+    """Release the encoder: kill ffmpeg if it still runs, close libav's state, remove the
+    temporary file if any."""
+    if isinstance(encoder, AVEncoder):
+        encoder.close()
+        return
+    process = encoder
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
@@ -208,14 +402,23 @@ async def stop(process: Process) -> None:
     _remove(_OUTPUT_FILES.pop(process, None))
 
 
-async def encode(pcm: AsyncIterator[bytes], process: Process, name: str) -> AsyncIterator[bytes]:
-    """``pcm`` fed to a ``spawn``ed ffmpeg, its output yielded as it comes out.
+def encode(pcm: AsyncIterator[bytes], encoder: Encoder, name: str) -> AsyncIterator[bytes]:
+    """``pcm`` through a ``spawn``ed encoder, its output yielded as it comes out.
 
-    A writer task feeds stdin while this generator reads stdout, so neither pipe can fill up
-    and stall the other. Closing the generator stops the writer (and through it ``pcm``) and
-    kills ffmpeg. FLAC comes out whole at the end, in 64 KiB pieces, its header complete.
-    Raises EncoderError if ffmpeg fails.
+    Closing the generator stops the encoder (and through it ``pcm``) and releases it (ffmpeg
+    killed). FLAC comes out whole at the end, in 64 KiB pieces, its header complete. Raises
+    EncoderError if the encoder fails; an error of ``pcm`` (an engine's) wins over it.
     """
+    if isinstance(encoder, AVEncoder):
+        return _av_encode(pcm, encoder)
+    return _ffmpeg_encode(pcm, encoder, name)
+
+
+async def _ffmpeg_encode(
+    pcm: AsyncIterator[bytes], process: Process, name: str
+) -> AsyncIterator[bytes]:
+    # A writer task feeds stdin while this generator reads stdout, so neither pipe can fill
+    # up and stall the other.
     stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
     assert stdin is not None and stdout is not None and stderr is not None
 

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import json
 import logging
-from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +110,8 @@ class OpenedSpeech:
     first: SpeechChunk | None  # None for a cache hit
     chunks: AsyncIterator[SpeechChunk] | None
     quality: str
-    encoder: Process | None = None  # ffmpeg, already running, for the compressed formats
+    # The compressed formats' encoder (speech.encoding: PyAV or ffmpeg), already started.
+    encoder: encoding.Encoder | None = None
     # The synthesis cache (speech.cache): a hit's stored bytes, or a miss's bytes collected
     # for storing; neither when the request is not cacheable.
     stored: AsyncIterator[bytes] | None = None
@@ -221,7 +221,7 @@ async def open_speech(
     quality = request.knobs.get("streaming_quality", "balanced")
     encoder = None
     if request.response_format in encoding.CODECS and rate is not None:
-        # ffmpeg starts (tens of ms) while the engine works towards its first chunk.
+        # The encoder starts (ffmpeg: tens of ms) while the engine works towards its first chunk.
         encoder = asyncio.ensure_future(encoding.spawn(request.response_format, rate, quality))
     try:
         first = await anext(chunks)
@@ -242,7 +242,7 @@ async def open_speech(
     return OpenedSpeech(request, first.job, first, chunks, quality, process, pending=pending)
 
 
-async def _discard(encoder: asyncio.Future[Process]) -> None:
+async def _discard(encoder: asyncio.Future[encoding.Encoder]) -> None:
     with contextlib.suppress(Exception):
         await encoding.stop(await encoder)
 
