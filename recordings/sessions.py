@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from recordings import services
+from recordings.commit import Pending, group_commit
 from recordings.formats import RecordingFormat, parse_format
 from recordings.live import LiveDecoder, live_command
 from recordings.models import Recording, RecordingStatus, Transport
@@ -39,6 +41,9 @@ CloseFn = Callable[[], Awaitable[None]]
 DEFAULT_SPEAKER = "recorder"
 CONNECTED = {"message": "Connected to server"}
 RECEIVED = {"message": "received chunk"}
+# Answers a session may owe (chunks sent, not yet acknowledged) before it stops reading the
+# client's next event: memory stays bounded, and the client feels it as a slower socket.
+MAX_OWED = 128
 
 
 async def run_blocking(fn: Callable[..., T], /, **kwargs: Any) -> T:
@@ -115,6 +120,21 @@ def _optional_str(params: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+def _chunk_bytes(data: Any) -> bytes:
+    """The seed sends {"chunk": <binary>}; a bare binary payload is accepted too."""
+    chunk = data.get("chunk") if isinstance(data, dict) else data
+    if isinstance(chunk, bytearray | memoryview):
+        chunk = bytes(chunk)
+    if not isinstance(chunk, bytes):
+        raise ApiError(
+            "invalid_chunk",
+            'audio_chunk takes {"chunk": <binary>}: the chunk must be binary data, '
+            f"not {type(chunk).__name__}.",
+            field="chunk",
+        )
+    return chunk
+
+
 class RecordingSession:
     def __init__(
         self, *, sid: str, transport: str, send: SendFn, close: CloseFn, channel_name: str = ""
@@ -134,6 +154,16 @@ class RecordingSession:
         self._live_fmt: RecordingFormat | None = None
         self._live: LiveDecoder | None = None
         self._listen_task: asyncio.Task | None = None
+        # Answers owed to the client, in the order its events came: a chunk waiting for its
+        # group commit (Pending), or a refusal already known (ApiError). One task sends them.
+        self._owed: deque[Pending | ApiError] = deque()
+        self._answerable = asyncio.Event()  # the oldest owed answer may be ready
+        self._drained = asyncio.Event()  # nothing owed
+        self._drained.set()
+        self._room = asyncio.Event()  # fewer than MAX_OWED owed
+        self._room.set()
+        self._answerer: asyncio.Task | None = None
+        self._gone = False  # a send failed: the client is gone, answers are dropped
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -184,14 +214,23 @@ class RecordingSession:
         return {**CONNECTED, "streaming_id": self.sid, "streaming_key": key}
 
     async def handle(self, event: str, data: Any) -> None:
-        """One client event. Every refusal becomes an `error` event; nothing raises."""
+        """One client event. Every refusal becomes an `error` event; nothing raises.
+
+        A chunk is handed to the group commit and this returns at once (the next event is
+        read while it commits); its answer, like every answer, is sent in the order the
+        events came. Any other event first waits for the answers owed before it."""
         self._touch()
+        if event == "audio_chunk" and self.recording_id is not None:
+            self._take_chunk(data)
+            while len(self._owed) >= MAX_OWED:
+                self._room.clear()
+                await self._room.wait()
+            return
+        await self._drain()
         try:
             if self.recording_id is None:
                 raise ApiError("not_connected", "The session was refused at connect.")
-            if event == "audio_chunk":
-                await self._chunk(data)
-            elif event == "stop_recording":
+            if event == "stop_recording":
                 await self._stop()
             else:
                 raise ApiError(
@@ -213,9 +252,12 @@ class RecordingSession:
         """The client left: save whatever it recorded (the seed's process_audio)."""
         self._stop_watching()
         if self.recording_id is None or self._ended:
+            self._stop_answering()
             return
         self._ended = True
         try:
+            await self._drain()  # what was sent before the client left is stored
+            self._stop_answering()
             if await self._discard_if_empty():
                 return
             await self._finish_live()
@@ -230,26 +272,84 @@ class RecordingSession:
 
     # --- events ----------------------------------------------------------------------------
 
-    async def _chunk(self, data: Any) -> None:
-        # The seed sends {"chunk": <binary>}; a bare binary payload is accepted too.
-        chunk = data.get("chunk") if isinstance(data, dict) else data
-        if isinstance(chunk, bytearray | memoryview):
-            chunk = bytes(chunk)
-        if not isinstance(chunk, bytes):
-            raise ApiError(
-                "invalid_chunk",
-                'audio_chunk takes {"chunk": <binary>}: the chunk must be binary data, '
-                f"not {type(chunk).__name__}.",
-                field="chunk",
-            )
-        services.check_chunk_size(chunk)
-        await runtime.run_db(
-            services.recording_chunk_add, recording_id=self.recording_id, data=chunk
-        )
-        if self._live_stream_pk is not None:
-            # Stored first (durable), then decoded for the room: same bytes, same order.
-            await self._feed_live(chunk)
-        await self._send("response", RECEIVED)
+    def _take_chunk(self, data: Any) -> None:
+        try:
+            chunk = _chunk_bytes(data)
+            services.check_chunk_size(chunk)
+        except ApiError as refused:
+            self._owe(refused)
+            return
+        assert self.recording_id is not None
+        self._owe(group_commit.submit(services.ChunkIn(self.recording_id, chunk), self._wake))
+
+    def _owe(self, answer: Pending | ApiError) -> None:
+        self._owed.append(answer)
+        self._drained.clear()
+        if isinstance(answer, ApiError) and len(self._owed) == 1:
+            self._answerable.set()
+        if self._answerer is None:
+            self._answerer = asyncio.get_running_loop().create_task(self._answer_forever())
+
+    def _wake(self) -> None:
+        # Called by the group commit for each chunk answered; only the oldest one matters.
+        self._answerable.set()
+
+    async def _answer_forever(self) -> None:
+        """Send owed answers as they become ready, oldest first, never out of order."""
+        owed = self._owed
+        while True:
+            await self._answerable.wait()
+            self._answerable.clear()
+            while owed and (isinstance(owed[0], ApiError) or owed[0].done):
+                answer = owed.popleft()
+                try:
+                    await self._answer(answer)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("recording %s: answering a chunk failed", self.sid)
+                if len(owed) < MAX_OWED:
+                    self._room.set()
+            if not owed:
+                self._drained.set()
+
+    async def _answer(self, answer: Pending | ApiError) -> None:
+        if isinstance(answer, ApiError):
+            await self._tell("error", answer.as_dict())
+            return
+        outcome = answer.outcome
+        if isinstance(outcome, services.ChunkAck):
+            if self._live_stream_pk is not None:
+                # Stored first (durable), then decoded for the room: same bytes, same order.
+                await self._feed_live(answer.chunk.data)
+            await self._tell("response", RECEIVED)
+        elif isinstance(outcome, ApiError):
+            await self._tell("error", outcome.as_dict())
+        else:
+            if isinstance(outcome, services.RecordingGone):
+                logger.error("recording %s: its row is gone, a chunk was refused", self.sid)
+            error = ApiError("internal_error", "audio_chunk failed on the server.")
+            await self._tell("error", error.as_dict())
+
+    async def _tell(self, event: str, data: dict[str, Any]) -> None:
+        if self._gone:
+            return
+        try:
+            await self._send(event, data)
+        except Exception:
+            # The transport is gone (a send to a closed socket): later answers are dropped;
+            # what was stored stays stored.
+            self._gone = True
+
+    async def _drain(self) -> None:
+        """Wait until every owed answer was sent (or dropped, the client being gone)."""
+        while self._owed:
+            await self._drained.wait()
+
+    def _stop_answering(self) -> None:
+        if self._answerer is not None and self._answerer is not asyncio.current_task():
+            self._answerer.cancel()
+        self._answerer = None
 
     async def _stop(self) -> None:
         # The decoder's tail reaches the room before the stop ends the live stream.
@@ -367,6 +467,8 @@ class RecordingSession:
         self._stop_watching()
         recording = None
         try:
+            await self._drain()
+            self._stop_answering()
             if not await self._discard_if_empty():
                 await self._finish_live()
                 recording = await run_blocking(
