@@ -322,6 +322,12 @@ PARLEY_SPECTATOR_STALE_S = env_float("PARLEY_SPECTATOR_STALE_S", 90.0)
 # How often each process compares its listeners with the event log (spectate/hub.py): an
 # event the channel layer lost reaches them from the log within two of these.
 PARLEY_SPECTATOR_RESYNC_S = env_float("PARLEY_SPECTATOR_RESYNC_S", 1.0)
+# A spectator socket whose unsent bytes (beyond the kernel's buffers) pass this is closed with
+# 4429 to resume with `after=`: a slow client never holds the room or the process's memory.
+PARLEY_SPECTATOR_BUFFER_BYTES = env_int("PARLEY_SPECTATOR_BUFFER_BYTES", 1024 * 1024)
+# Live messages a spectator socket may hold while it reads the log (join, catch-up); past it
+# they are dropped and the socket reads them from the log instead (no close).
+PARLEY_SPECTATOR_QUEUE = env_int("PARLEY_SPECTATOR_QUEUE", 256)
 PARLEY_DB_THREADS = env_int("PARLEY_DB_THREADS", 8)
 # SQLite: how often the server checkpoints the WAL, off the request path.
 PARLEY_SQLITE_CHECKPOINT_S = env_float("PARLEY_SQLITE_CHECKPOINT_S", 5.0)
