@@ -38,6 +38,7 @@ import psycopg
 import socketio
 import websockets
 
+from bench.core import Profiler
 from tests.recordings.clients import migrate
 from tests.support.servers import PROJECT_ROOT, DaphneProcess, postgres_url, redis_url
 
@@ -197,7 +198,13 @@ class Result:
 
 
 async def measure(
-    process: DaphneProcess, transport: str, chunk_ms: int, sessions: int, count: int, window: int
+    process: DaphneProcess,
+    transport: str,
+    chunk_ms: int,
+    sessions: int,
+    count: int,
+    window: int,
+    profile: Path | None = None,
 ) -> tuple[float, float]:
     chunk = chunk_of(chunk_ms)
     before = cpu_seconds(process.pid)
@@ -206,7 +213,10 @@ async def measure(
         runs = [socketio_session(process.url, chunk, count, window) for _ in range(sessions)]
     else:
         runs = [websocket_session(process.ws_url, chunk, count, window) for _ in range(sessions)]
-    await asyncio.gather(*runs)
+    with Profiler(
+        profile.parent if profile else None, process.pid, profile.name if profile else ""
+    ):
+        await asyncio.gather(*runs)
     elapsed = time.perf_counter() - started
     # Parley saves each recording as its session closes: let that finish before the next case.
     await asyncio.sleep(0.3)
@@ -225,12 +235,20 @@ async def run_backend(name: str, args: argparse.Namespace) -> list[Result]:
                 for process in servers.values():  # warm both up: imports, connections
                     for transport in ("socketio", "websocket"):
                         await measure(process, transport, 20, 1, 100, args.window)
-                for transport in ("socketio", "websocket"):
-                    for chunk_ms in (20, 100):
+                for transport in args.transports:
+                    for chunk_ms in args.chunk_ms:
                         for sessions in args.sessions:
                             for label, process in servers.items():
+                                case = f"{name}-{transport}-{chunk_ms}ms-x{sessions}-{label}"
+                                profile = args.profile / case if args.profile else None
                                 elapsed, cpu = await measure(
-                                    process, transport, chunk_ms, sessions, args.chunks, args.window
+                                    process,
+                                    transport,
+                                    chunk_ms,
+                                    sessions,
+                                    args.chunks,
+                                    args.window,
+                                    profile,
                                 )
                                 result = Result(
                                     name,
@@ -337,10 +355,17 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=1500, help="per session and case")
     parser.add_argument("--sessions", default="1,4", help="concurrent sessions per case")
     parser.add_argument("--window", type=int, default=32, help="unacknowledged chunks allowed")
+    parser.add_argument("--transports", default="socketio,websocket")
+    parser.add_argument("--chunk-ms", default="20,100", help="chunk lengths, ms")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--profile", metavar="DIR", type=Path, help="py-spy record each case")
     args = parser.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
     args.sessions = [int(s) for s in args.sessions.split(",") if s]
+    args.transports = [t for t in args.transports.split(",") if t]
+    args.chunk_ms = [int(ms) for ms in args.chunk_ms.split(",") if ms]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     unknown = set(args.backends) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")

@@ -98,6 +98,13 @@ class GroupCommit:
                     outcomes = [error] * len(group)
                 self.groups += 1
                 self.chunks += len(group)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "recordings: group of %d (%d chunks in %d groups so far)",
+                        len(group),
+                        self.chunks,
+                        self.groups,
+                    )
                 for pending, outcome in zip(group, outcomes, strict=True):
                     self._answer(pending, outcome)
 
