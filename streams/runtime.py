@@ -3,12 +3,15 @@
 Daphne has no ASGI lifespan, so `ensure_started()` runs on the first ASGI call and binds
 the runtime to that event loop. Timers fire on the loop; their database work runs on a
 dedicated executor so it never queues behind slow sync views on asgiref's shared thread.
+A release's commit is started at its moment by an alarm thread (`Alarm`), not by the loop:
+a loop busy with ingest and fan-out made releases late by as long as its longest step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import queue
@@ -88,6 +91,62 @@ class PriorityExecutor(Executor):
                 future.set_exception(exc)
 
 
+class Alarm:
+    """One thread that starts calls at their wall-clock moment, whatever the loop is doing.
+
+    `at(moment, start)` runs `start()` on the alarm thread at `moment` (datetime, never
+    before it); `start` must only hand work on (submit it to an executor), not do it. The
+    thread is started on first use and lives with the process.
+    """
+
+    def __init__(self, *, name: str) -> None:
+        self._name = name
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def at(self, moment: datetime, start: Callable[[], None]) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (moment.timestamp(), next(self._order), start))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while True:
+                    if not self._heap:
+                        self._wake.wait()
+                        continue
+                    delay = self._heap[0][0] - time.time()
+                    if delay <= 0:
+                        _, _, start = heapq.heappop(self._heap)
+                        break
+                    self._wake.wait(delay)
+            try:
+                start()
+            except Exception:
+                logger.exception("alarm call failed")
+
+
+def _chain(source: Future[T], target: Future[T]) -> None:
+    """Copy `source`'s outcome into `target` once it is done (unless `target` was cancelled)."""
+
+    def copy(done: Future[T]) -> None:
+        if target.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+
+
 async def _sleep_until(moment: datetime) -> None:
     # Loop clocks round: whoever acts at `moment` also re-checks it before acting.
     delay = (moment - timezone.now()).total_seconds()
@@ -104,6 +163,7 @@ class Runtime:
         self._tasks: list[asyncio.Task] = []
         self._executor: Executor | None = None
         self._clock_executor: ThreadPoolExecutor | None = None
+        self._alarm = Alarm(name="parley-alarm")
         self._checkpointer: threading.Thread | None = None
         self._lock = threading.Lock()
         # Channel names of spectator sockets served by this process (for the heartbeat).
@@ -196,6 +256,27 @@ class Runtime:
         if isinstance(executor, PriorityExecutor):
             return await asyncio.wrap_future(executor.submit(call, priority=CLOCK_PRIORITY))
         return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    async def run_clock_db_at(
+        self, moment: datetime, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """Like run_clock_db, started at `moment` by the alarm thread instead of by this
+        loop: the start does not wait for the loop to come round (under ingest and fan-out
+        that wait was the whole p99 of release lateness, docs/benchmarks.md)."""
+        call = partial(_db_call, fn, args, kwargs)
+        executor = self.clock_executor
+        result: Future[T] = Future()
+
+        def start() -> None:
+            if not result.set_running_or_notify_cancel():
+                return  # the job was cancelled while it waited
+            if isinstance(executor, PriorityExecutor):
+                _chain(executor.submit(call, priority=CLOCK_PRIORITY), result)
+            else:
+                _chain(executor.submit(call), result)
+
+        self._alarm.at(moment, start)
+        return await asyncio.wrap_future(result)
 
     # --- broadcasting --------------------------------------------------------------------
 
@@ -307,8 +388,7 @@ class Runtime:
                 moment = plan.release_at
                 if backup:
                     moment += timedelta(seconds=settings.PARLEY_RELEASE_BACKUP_S)
-                await _sleep_until(moment)
-                await self.run_clock_db(services.release_commit, plan=plan)
+                await self.run_clock_db_at(moment, services.release_commit, plan=plan)
                 return
             await _sleep_until(when)
             await self.run_clock_db(JOBS[kind], key)
