@@ -133,6 +133,12 @@ DATABASES = {"default": database_from_env()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Room events over several Redis servers (docs/scaling.md): channels_redis shards each group
+# (room) and channel by a hash of its name over these, comma-separated; REDIS_URL alone if
+# unset. Socket.IO's manager (recordings/sio.py) stays on REDIS_URL.
+CHANNEL_REDIS_URLS = [
+    url.strip() for url in os.environ.get("PARLEY_CHANNEL_REDIS_URLS", "").split(",") if url.strip()
+] or ([REDIS_URL] if REDIS_URL else [])
 if REDIS_URL:
     _layer = os.environ.get("PARLEY_CHANNEL_LAYER", "channels_redis.pubsub.RedisPubSubChannelLayer")
     if _layer == "channels_redis.pubsub.RedisPubSubChannelLayer":
@@ -143,7 +149,7 @@ if REDIS_URL:
             "BACKEND": _layer,
             # A prefix per deployment lets several share one Redis (and the tests run in one).
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": CHANNEL_REDIS_URLS,
                 "prefix": os.environ.get("PARLEY_CHANNEL_PREFIX", "parley"),
             },
         }
