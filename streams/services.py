@@ -676,18 +676,31 @@ def chunk_ingest(chunk: ChunkIn) -> dict[str, Any]:
 def chunk_ingest_group(chunks: list[ChunkIn]) -> list[dict[str, Any] | ApiError]:
     """Several chunks in one transaction (group commit): one durable write for all of them.
 
-    Each chunk is `chunk_ingest` in a savepoint of its own, so a refused one (its ApiError
-    in the answer, at its place) leaves the others stored; the answers are only true once
+    A stream's next chunks in order go through the hot path together (one statement for
+    the run on PostgreSQL, `_ingest_in_order_run`); any other chunk is `chunk_ingest` in a
+    savepoint of its own, so a refused one (its ApiError in the answer, at its place)
+    leaves the others stored. Answers come in the chunks' order; they are only true once
     this returns, i.e. once the group is committed. A database error fails the whole group
     (raised, nothing of it stored), as it would fail each of them alone.
     """
     answers: list[dict[str, Any] | ApiError] = []
+    now = timezone.now()
     with transaction.atomic():
-        for chunk in chunks:
+        index = 0
+        while index < len(chunks):
+            # The common case, a stream's next chunks in order, in one go: the hot path
+            # writes nothing when it declines, so it needs no savepoint of its own.
+            run = _in_order_run(chunks, index)
+            acknowledged = _ingest_in_order_run(run, now) if run else None
+            if acknowledged is not None:
+                answers.extend(acknowledged)
+                index += len(run)
+                continue
             try:
-                answers.append(chunk_ingest(chunk))
+                answers.append(chunk_ingest(chunks[index]))
             except ApiError as refused:
                 answers.append(refused)
+            index += 1
     return answers
 
 
@@ -696,34 +709,99 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-# The hot path's writes (plain SQL; see _ingest_next_in_order).
-INSERT_CHUNK = (
+# The hot path's writes (plain SQL; see _ingest_in_order_run). `{rows}` is one
+# "(%s, ..., %s)" per chunk: a run of chunks is one statement.
+INSERT_CHUNKS = (
     "INSERT INTO streams_chunk"
     " (stream_id, seq, data, size, received_at, offset_bytes, play_start_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    " VALUES {rows} RETURNING id, seq"
 )
 UPDATE_PROGRESS = (
     "UPDATE streams_stream SET total_bytes = %s, chunk_count = %s, next_emit_seq = %s,"
     " emitted_bytes = %s, playhead_at = %s WHERE id = %s"
 )
+# PostgreSQL: the chunks, the stream's progress, the room's event ids and the events in one
+# statement (each statement is a round trip). Event ids follow the chunks' seqs: the last
+# chunk gets the room's new last_event_id.
+POSTGRES_RUN = (
+    "WITH c AS (" + INSERT_CHUNKS + "), s AS (" + UPDATE_PROGRESS + "),"
+    " r AS (UPDATE streams_room SET last_event_id = last_event_id + %s"
+    " WHERE id = %s RETURNING last_event_id),"
+    " e (seq, payload) AS (VALUES {events})"
+    " INSERT INTO streams_roomevent (room_id, seq, type, payload, chunk_id, created_at)"
+    " SELECT %s, r.last_event_id - %s + c.seq, 'audio_chunk', e.payload, c.id, %s"
+    " FROM r, c JOIN e ON e.seq = c.seq"
+    " RETURNING seq"
+)
+# psycopg's placeholder for a parameter sent in binary (server-side binding, see
+# _postgres_cursor): the chunk's bytes travel as they are, not as a hex literal in the text.
+BINARY_PARAM = "%b"
+
+
+def _in_order_run(chunks: list[ChunkIn], start: int) -> list[ChunkIn]:
+    """The longest run from `start` the hot path may take in one go: non-final chunks with
+    data, of one stream, room, speaker and format, with consecutive seqs (may be empty)."""
+    run: list[ChunkIn] = []
+    limit = settings.PARLEY_MAX_CHUNKS_PER_STREAM
+    for chunk in chunks[start:]:
+        if chunk.done or chunk.speech_text or chunk.words or not chunk.data:
+            break
+        if not 0 <= chunk.seq < limit:
+            break
+        if run:
+            first = run[0]
+            if (
+                chunk.stream_id != first.stream_id
+                or chunk.room_name != first.room_name
+                or chunk.speaker != first.speaker
+                or chunk.fmt != first.fmt
+                or chunk.seq != run[-1].seq + 1
+            ):
+                break
+        run.append(chunk)
+    return run
+
+
+def _postgres_cursor() -> Any:
+    """A psycopg cursor with server-side binding on Django's connection (same transaction).
+
+    Django's psycopg backend binds parameters client-side: every chunk's bytes went into
+    the statement's text as a hex literal, twice their size, built in Python. A plain
+    `psycopg.Cursor` sends parameters apart from the text, `%b` ones in binary.
+    """
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | None:
-    """The hot path in plain SQL: the next in-order, non-final chunk of an open stream.
-
-    Same statements and effects as the general path below (room lock, chunk, stream
-    progress, lease, one audio_chunk event), without the ORM's per-query overhead, which
-    was most of the ingest cost (docs/benchmarks.md); on PostgreSQL the four writes go as
-    one statement, once the room is locked. Returns None for anything else (a new
-    stream, a final or out-of-order chunk, a retry, a format change, a limit), which the
-    general path then handles and answers in full.
-    """
-    if chunk.done or chunk.speech_text or chunk.words or not chunk.data:
+    """`_ingest_in_order_run` for one chunk: its answer, or None for the general path."""
+    if not _in_order_run([chunk], 0):
         return None
+    answers = _ingest_in_order_run([chunk], now)
+    return answers[0] if answers is not None else None
+
+
+def _ingest_in_order_run(run: list[ChunkIn], now: datetime) -> list[dict[str, Any]] | None:
+    """The hot path in plain SQL: the next in-order, non-final chunks of an open stream.
+
+    `run` comes from `_in_order_run` (one stream, consecutive seqs, none final). Same
+    statements and effects as the general path below, chunk by chunk (room lock, chunks,
+    stream progress, lease, one audio_chunk event each with consecutive ids), without the
+    ORM's per-query overhead, which was most of the ingest cost (docs/benchmarks.md), and
+    once per run instead of once per chunk: a group commit of N chunks of one stream is two
+    reads and one write statement on PostgreSQL (four on SQLite), and one broadcast after
+    commit with the N events in order. Returns None for anything else (a new stream, a
+    retry, a format change, a limit, a gap), which the general path then handles and
+    answers in full; nothing is written then.
+    """
+    first = run[0]
     ops = connection.ops
+    postgres = connection.vendor == "postgresql"
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM streams_room WHERE name = %s" + lock, [chunk.room_name])
+        cursor.execute("SELECT id FROM streams_room WHERE name = %s" + lock, [first.room_name])
         row = cursor.fetchone()
         if row is None:
             return None
@@ -734,29 +812,26 @@ def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | Non
             " s.next_emit_seq, s.emitted_bytes, s.playhead_at, s.turn_id, t.status,"
             " t.lease_expires_at FROM streams_stream s"
             " LEFT JOIN streams_turn t ON t.id = s.turn_id WHERE s.stream_id = %s",
-            [chunk.stream_id],
+            [first.stream_id],
         )
         row = cursor.fetchone()
         if row is None:
             return None
         (stream_pk, stream_room, speaker, status, rate, channels, width, speed, total, count,
          next_seq, emitted, playhead, turn_id, turn_status, lease) = row  # fmt: skip
-        fmt = chunk.fmt
-        size = len(chunk.data)
+        fmt = first.fmt
+        sizes = [len(chunk.data) for chunk in run]
         if (
             stream_room != room_id
-            or speaker != chunk.speaker
+            or speaker != first.speaker
             or status != StreamStatus.STREAMING
-            or chunk.seq != next_seq
+            or first.seq != next_seq
             or count != next_seq  # chunks are waiting for a gap to fill
             or (rate, channels, width, speed)
             != (fmt.sample_rate_hz, fmt.channels, fmt.bytes_per_sample, fmt.playback_speed)
-            or total + size > settings.PARLEY_MAX_STREAM_BYTES
+            or total + sum(sizes) > settings.PARLEY_MAX_STREAM_BYTES
         ):
             return None
-        previous = _aware(playhead).timestamp() if playhead else None
-        start, end = advance_playhead(previous, now.timestamp(), fmt.duration_s(size))
-        play_start = datetime.fromtimestamp(start, tz=UTC)
         lease_end = now + timedelta(seconds=settings.PARLEY_TURN_LEASE_S)
         if turn_status == TurnStatus.CLAIMED and (
             lease is None or lease_end - _aware(lease) >= LEASE_RENEWAL_STEP
@@ -765,81 +840,102 @@ def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | Non
                 "UPDATE streams_turn SET lease_expires_at = %s WHERE id = %s AND status = %s",
                 [ops.adapt_datetimefield_value(lease_end), turn_id, TurnStatus.CLAIMED.value],
             )
-        payload = {
-            "stream_id": chunk.stream_id,
-            "seq": chunk.seq,
-            "speaker": speaker,
-            "sample_rate_hz": rate,
-            "channels": channels,
-            "bytes_per_sample": width,
-            "playback_speed": speed,
-            "offset_ms": round(fmt.duration_s(emitted) * 1000),
-        }
-        chunk_row = [
-            stream_pk,
-            chunk.seq,
-            chunk.data,
-            size,
-            ops.adapt_datetimefield_value(now),
-            emitted,
-            ops.adapt_datetimefield_value(play_start),
-        ]
-        progress = [
-            total + size,
-            count + 1,
-            next_seq + 1,
-            emitted + size,
-            ops.adapt_datetimefield_value(datetime.fromtimestamp(end, tz=UTC)),
-            stream_pk,
-        ]
-        if connection.vendor == "postgresql":
-            # The four writes in one statement: on PostgreSQL each statement is a round
-            # trip, and each cost ~0.17 ms of our CPU (docs/benchmarks.md).
-            cursor.execute(
-                "WITH c AS (" + INSERT_CHUNK + "), s AS (" + UPDATE_PROGRESS + "),"
-                " r AS (UPDATE streams_room SET last_event_id = last_event_id + 1"
-                " WHERE id = %s RETURNING last_event_id)"
-                " INSERT INTO streams_roomevent"
-                " (room_id, seq, type, payload, chunk_id, created_at)"
-                " SELECT %s, r.last_event_id, 'audio_chunk', %s, c.id, %s FROM r, c"
-                " RETURNING seq",
-                [
-                    *chunk_row,
-                    *progress,
-                    room_id,
-                    room_id,
-                    ops.adapt_json_value(payload, None),
-                    ops.adapt_datetimefield_value(now),
-                ],
+        # Each chunk as the general path would place it: on the playhead, after the last.
+        received_at = ops.adapt_datetimefield_value(now)
+        playhead_s = _aware(playhead).timestamp() if playhead else None
+        chunk_params: list[Any] = []
+        payloads: list[dict[str, Any]] = []
+        answers: list[dict[str, Any]] = []
+        offset = emitted
+        for chunk, size in zip(run, sizes, strict=True):
+            start, playhead_s = advance_playhead(playhead_s, now.timestamp(), fmt.duration_s(size))
+            chunk_params += [
+                stream_pk,
+                chunk.seq,
+                chunk.data,
+                size,
+                received_at,
+                offset,
+                ops.adapt_datetimefield_value(datetime.fromtimestamp(start, tz=UTC)),
+            ]
+            payloads.append(
+                {
+                    "stream_id": chunk.stream_id,
+                    "seq": chunk.seq,
+                    "speaker": speaker,
+                    "sample_rate_hz": rate,
+                    "channels": channels,
+                    "bytes_per_sample": width,
+                    "playback_speed": speed,
+                    "offset_ms": round(fmt.duration_s(offset) * 1000),
+                }
             )
-            event_id = cursor.fetchone()[0]
+            offset += size
+            total += size
+            count += 1
+            answers.append(
+                {
+                    "stream_id": chunk.stream_id,
+                    "seq": chunk.seq,
+                    "duplicate": False,
+                    "received_bytes": total,
+                    "received_chunks": count,
+                    "done": False,
+                    "status": StreamStatus.STREAMING.value,
+                }
+            )
+        n = len(run)
+        progress = [
+            total,
+            count,
+            next_seq + n,
+            offset,
+            ops.adapt_datetimefield_value(datetime.fromtimestamp(playhead_s, tz=UTC)),
+            stream_pk,
+        ]
+        if postgres:
+            row_sql = "(%s, %s, " + BINARY_PARAM + ", %s, %s, %s, %s)"
+            sql = POSTGRES_RUN.format(
+                rows=", ".join([row_sql] * n), events=", ".join(["(%s, %s)"] * n)
+            )
+            params = [*chunk_params, *progress, n, room_id]
+            for payload in payloads:
+                params += [payload["seq"], ops.adapt_json_value(payload, None)]
+            params += [room_id, n - 1 + first.seq, received_at]
+            with _postgres_cursor() as raw:
+                raw.execute(sql, params)
+                last_event_id = max(seq for (seq,) in raw.fetchall())
         else:
-            cursor.execute(INSERT_CHUNK, chunk_row)
-            chunk_pk = cursor.fetchone()[0]
+            cursor.execute(
+                INSERT_CHUNKS.format(rows=", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n)),
+                chunk_params,
+            )
+            chunk_ids = {seq: pk for pk, seq in cursor.fetchall()}
             cursor.execute(UPDATE_PROGRESS, progress)
-            event_id = allocate_event_ids(room_id, 1)
-            insert_events([(room_id, event_id, "audio_chunk", payload, chunk_pk, now)])
-    message = audio_message(
-        event_message(
-            seq=event_id,
-            room_name=chunk.room_name,
-            type="audio_chunk",
-            created_at=now,
-            payload=payload,
-        ),
-        chunk.data,
-    )
-    group = room_group(chunk.room_name)
-    transaction.on_commit(lambda: broadcast(group, [message]))
-    return {
-        "stream_id": chunk.stream_id,
-        "seq": chunk.seq,
-        "duplicate": False,
-        "received_bytes": total + size,
-        "received_chunks": count + 1,
-        "done": False,
-        "status": StreamStatus.STREAMING.value,
-    }
+            last_event_id = allocate_event_ids(room_id, n)
+            first_event = last_event_id - n + 1
+            rows = [
+                (room_id, first_event + i, "audio_chunk", payload, chunk_ids[payload["seq"]], now)
+                for i, payload in enumerate(payloads)
+            ]
+            insert_events(rows)
+    messages = [
+        audio_message(
+            event_message(
+                seq=last_event_id - n + 1 + i,
+                room_name=first.room_name,
+                type="audio_chunk",
+                created_at=now,
+                payload=payload,
+            ),
+            chunk.data,
+        )
+        for i, (chunk, payload) in enumerate(zip(run, payloads, strict=True))
+    ]
+    group = room_group(first.room_name)
+    # One publish for the run: the events go out together, in order, after commit.
+    transaction.on_commit(lambda: broadcast(group, messages))
+    return answers
 
 
 # What chunk_ingest changes on an open stream; a narrow UPDATE on the hot path.
