@@ -22,15 +22,21 @@ still vary.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import queue
 import re
 import struct
+import subprocess
+import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,7 @@ __all__ = [
     "MAX_RATE_WPM",
     "MIN_RATE_WPM",
     "EspeakEngine",
+    "process_count",
 ]
 
 # speak_lib.h constants
@@ -287,6 +294,7 @@ class _EspeakRuntime:
             raise EngineUnavailable(
                 f"cannot load libespeak-ng from {library_path}: {error}"
             ) from error
+        self.library_path = library_path
         self.data_path = data_path
         self._lib.espeak_Initialize.restype = ctypes.c_int
         self._lib.espeak_Initialize.argtypes = [
@@ -536,6 +544,9 @@ def _reset_runtimes_in_child() -> None:
     _RUNTIMES_LOCK = threading.Lock()
     for runtime in _RUNTIMES.values():
         runtime.after_fork_in_child()
+    # The parent's workers and their reader threads are the parent's: this process starts
+    # its own on demand.
+    _POOLS.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -561,6 +572,294 @@ def _runtime(library_path: str | None, data_path: str | None, buffer_ms: int) ->
         if key not in _RUNTIMES:
             _RUNTIMES[key] = _EspeakRuntime(library_path, data_path, buffer_ms)
         return _RUNTIMES[key]
+
+
+# --- the process pool ---------------------------------------------------------------------
+#
+# One thread per process can synthesize, so concurrent requests wait for each other, and the
+# synthesis thread competes for the GIL with the server's event loop. The pool runs the same
+# runtime in N worker processes (``python -c`` started with fork+exec, so nothing of the
+# server's state is inherited), each with its own library and its own synthesis thread. A
+# request goes to the worker with the fewest jobs; within a worker jobs are still served round
+# robin by pieces. Chunks and marks come back over a pipe as they are produced; the consumer
+# reports what it has taken, so a worker parks a job whose consumer lags (bounded memory), and
+# a consumer that goes away cancels its job, which frees the worker within one chunk.
+
+PROCESSES_SETTING = "PARLEY_ESPEAK_PROCESSES"
+MAX_PROCESSES = 16
+# A consumer tells its worker what it has taken in batches of this much audio (not per chunk):
+# the parking threshold is 30 s, so a second of slack costs nothing.
+_CONSUMED_REPORT_SECONDS = 1.0
+
+
+def process_count() -> int:
+    """Worker processes for synthesis: ``PARLEY_ESPEAK_PROCESSES`` (default: the core count),
+    at most 16; 0 synthesizes in a thread of this process instead."""
+    raw = os.environ.get(PROCESSES_SETTING, "").strip()
+    try:
+        wanted = int(raw) if raw else (os.cpu_count() or 1)
+    except ValueError:
+        logger.warning(
+            "espeak: %s=%r is not a number: using the core count", PROCESSES_SETTING, raw
+        )
+        wanted = os.cpu_count() or 1
+    return min(max(wanted, 0), MAX_PROCESSES)
+
+
+class _Outbox:
+    """A worker-side job's ``out``: what the runtime puts is sent to the parent at once."""
+
+    def __init__(self, job_id: int, send: Any, jobs: dict[int, _Job]) -> None:
+        self._id = job_id
+        self._send = send
+        self._jobs = jobs
+
+    def put(self, item: Any) -> None:
+        if isinstance(item, SynthChunk):
+            self._send(("chunk", self._id, item.pcm, tuple(tuple(mark) for mark in item.marks)))
+            return
+        self._jobs.pop(self._id, None)
+        if isinstance(item, _Failed):
+            error = item.error
+            self._send(("fail", self._id, type(error).__name__, str(error)))
+        else:
+            self._send(("end", self._id))
+
+
+def _worker_main(
+    command_fd: int, result_fd: int, library_path: str, data_path: str, buffer_ms: int
+) -> None:
+    """A worker process: the runtime's synthesis thread, fed by commands from the parent."""
+    from multiprocessing.connection import Connection
+
+    commands = Connection(command_fd, writable=False)
+    results = Connection(result_fd, readable=False)
+    runtime = _runtime(library_path, data_path, buffer_ms)
+    jobs: dict[int, _Job] = {}
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock, contextlib.suppress(OSError):
+            results.send(message)
+
+    while True:
+        try:
+            message = commands.recv()
+        except (EOFError, OSError):
+            return  # the parent has gone
+        kind, job_id = message[0], message[1]
+        if kind == "start":
+            _, _, pieces, voice, rate, settings = message
+            job = _Job(
+                pieces=deque(TextSpan(*piece) for piece in pieces),
+                voice=voice,
+                rate=rate,
+                settings=settings,
+                cancel=None,
+            )
+            job.out = _Outbox(job_id, send, jobs)  # type: ignore[assignment]
+            jobs[job_id] = job
+            runtime.submit(job)
+        elif (job := jobs.get(job_id)) is not None:
+            if kind == "cancel":
+                jobs.pop(job_id, None)
+                job.abandoned.set()
+            elif kind == "consumed":
+                runtime.consumed(job, message[2])
+
+
+@dataclass
+class _RemoteJob:
+    id: int
+    voice: str
+    out: queue.Queue[Any] = field(default_factory=queue.Queue)
+    # An asyncio consumer's loop and queue (``asynthesize``): the worker's reader thread
+    # hands each chunk straight to the loop, with no thread of its own in between.
+    loop: asyncio.AbstractEventLoop | None = None
+    aqueue: asyncio.Queue[Any] | None = None
+    unreported_bytes: int = 0
+    finished: bool = False
+
+    def deliver(self, item: Any) -> None:
+        if self.loop is None:
+            self.out.put(item)
+            return
+        assert self.aqueue is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            self.loop.call_soon_threadsafe(self.aqueue.put_nowait, item)
+
+
+class _Worker:
+    """One worker process, the pipes to it and the thread that reads its results."""
+
+    def __init__(self, index: int, library_path: str, data_path: str, buffer_ms: int) -> None:
+        from multiprocessing.connection import Connection
+
+        command_read, command_write = os.pipe()
+        result_read, result_write = os.pipe()
+        code = (
+            "from speech.tts.espeak import _worker_main; "
+            f"_worker_main({command_read}, {result_write}, {library_path!r}, {data_path!r}, "
+            f"{buffer_ms})"
+        )
+        root = str(Path(__file__).resolve().parents[2])  # the directory holding ``speech``
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
+        }
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code],
+                pass_fds=(command_read, result_write),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(command_read)
+            os.close(result_write)
+        self.index = index
+        self._commands = Connection(command_write, readable=False)
+        self._results = Connection(result_read, writable=False)
+        self._send_lock = threading.Lock()
+        self.jobs: dict[int, _RemoteJob] = {}
+        self.alive = True
+        self._reader = threading.Thread(
+            target=self._read, name=f"espeak-worker-{index}", daemon=True
+        )
+        self._reader.start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._commands.send(message)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._results.recv()
+            except (EOFError, OSError):
+                break
+            job = self.jobs.get(message[1])
+            if job is None:
+                continue  # cancelled: its consumer has gone
+            kind = message[0]
+            if kind == "chunk":
+                job.deliver(SynthChunk(message[2], tuple(Mark(*mark) for mark in message[3])))
+            elif kind == "end":
+                job.deliver(_FINISHED)
+            else:
+                name, text = message[2], message[3]
+                error: BaseException = (
+                    VoiceNotFound(job.voice, "espeak")
+                    if name == "VoiceNotFound"
+                    else SynthesisError(text)
+                )
+                job.deliver(_Failed(error))
+        closing, self.alive = not self.alive, False
+        for job in list(self.jobs.values()):
+            job.deliver(_Failed(SynthesisError("the espeak worker process exited")))
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=1)
+        if not closing:
+            logger.warning("espeak worker %d exited (code %s)", self.index, self.process.returncode)
+
+    def close(self) -> None:
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._commands.close()  # the worker sees EOF and exits
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=2)
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+class _EspeakPool:
+    """``size`` worker processes; a job goes to the one with the fewest jobs."""
+
+    def __init__(
+        self, size: int, library_path: str, data_path: str, buffer_ms: int, sample_rate: int
+    ) -> None:
+        self._spec = (library_path, data_path, buffer_ms)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._report_bytes = int(_CONSUMED_REPORT_SECONDS * sample_rate) * 2
+        # Started now, so the first request does not wait for the interpreters to start.
+        self._workers = [_Worker(index, *self._spec) for index in range(size)]
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def submit(
+        self,
+        pieces: list[TextSpan],
+        voice: str,
+        rate: int,
+        settings: dict[int, int],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> tuple[_Worker, _RemoteJob]:
+        with self._lock:
+            for index, worker in enumerate(self._workers):
+                if not worker.alive:  # crashed: its jobs have failed; a new one takes its place
+                    self._workers[index] = _Worker(index, *self._spec)
+            worker = min(self._workers, key=lambda w: len(w.jobs))
+            job = _RemoteJob(next(self._ids), voice)
+            if loop is not None:
+                job.loop, job.aqueue = loop, asyncio.Queue()
+            worker.jobs[job.id] = job
+        message = (
+            "start",
+            job.id,
+            [(p.start, p.end, p.text) for p in pieces],
+            voice,
+            rate,
+            settings,
+        )
+        try:
+            worker.send(message)
+        except OSError as error:
+            worker.jobs.pop(job.id, None)
+            raise SynthesisError(f"the espeak worker process is gone: {error}") from error
+        return worker, job
+
+    def consumed(self, worker: _Worker, job: _RemoteJob, n_bytes: int) -> None:
+        job.unreported_bytes += n_bytes
+        if job.unreported_bytes >= self._report_bytes:
+            with contextlib.suppress(OSError):
+                worker.send(("consumed", job.id, job.unreported_bytes))
+            job.unreported_bytes = 0
+
+    def release(self, worker: _Worker, job: _RemoteJob) -> None:
+        """The consumer is done with ``job``: forget it, and stop it if it still runs."""
+        worker.jobs.pop(job.id, None)
+        if not job.finished:
+            with contextlib.suppress(OSError):
+                worker.send(("cancel", job.id))
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+
+_POOLS: dict[tuple[str, str, int, int], _EspeakPool] = {}
+
+
+def _pool(runtime: _EspeakRuntime, size: int, buffer_ms: int) -> _EspeakPool:
+    key = (runtime.library_path, runtime.data_path, buffer_ms, size)
+    with _RUNTIMES_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = _EspeakPool(
+                size, runtime.library_path, runtime.data_path, buffer_ms, runtime.sample_rate
+            )
+        return _POOLS[key]
+
+
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+
+
+atexit.register(_close_pools)
 
 
 def _pieces(text: str) -> list[TextSpan]:
@@ -608,9 +907,18 @@ class EspeakEngine(TTSEngine):
         library_path: str | None = None,
         data_path: str | None = None,
         buffer_ms: int = 60,
+        processes: int | None = None,
     ) -> None:
+        """``processes``: worker processes (default ``process_count()``: the
+        PARLEY_ESPEAK_PROCESSES setting); 0 synthesizes in a thread of this process."""
         self._runtime = _runtime(library_path, data_path, buffer_ms)
         self.sample_rate = self._runtime.sample_rate
+        size = process_count() if processes is None else min(max(processes, 0), MAX_PROCESSES)
+        self._pool = _pool(self._runtime, size, buffer_ms) if size else None
+        if self._pool is not None:
+            # astream uses an engine's ``asynthesize`` when it has one; the in-thread path
+            # has none and keeps astream's relay thread.
+            self.asynthesize = self._asynthesize_remote
         self._default_voice = default_voice
         self._aliases: dict[str, str] | None = None
 
@@ -672,19 +980,104 @@ class EspeakEngine(TTSEngine):
     ) -> Iterator[SynthChunk]:
         # Validation happens here, eagerly, so a bad request fails before any streaming starts.
         self.check_request(voice=voice, speed=speed, voice_sample=voice_sample)
-        params = params or {}
-        settings = {
-            parameter: _param_setting(name, params[name]) if name in params else default
-            for name, (parameter, _, _, default) in _PARAMS.items()
-        }
+        settings = self._settings(params)
+        pieces = _pieces(text.replace("\x00", " "))
+        if self._pool is not None:
+            return self._stream_remote(
+                pieces, self.resolve_voice(voice), self.rate_for(speed), settings, cancel
+            )
         job = _Job(
-            pieces=deque(_pieces(text.replace("\x00", " "))),
+            pieces=deque(pieces),
             voice=self.resolve_voice(voice),
             rate=self.rate_for(speed),
             settings=settings,
             cancel=cancel,
         )
         return self._stream(job)
+
+    @staticmethod
+    def _settings(params: Mapping[str, Any] | None) -> dict[int, int]:
+        params = params or {}
+        return {
+            parameter: _param_setting(name, params[name]) if name in params else default
+            for name, (parameter, _, _, default) in _PARAMS.items()
+        }
+
+    async def _asynthesize_remote(
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        params: Mapping[str, Any] | None = None,
+        voice_sample: VoiceSample | None = None,
+    ) -> AsyncIterator[SynthChunk]:
+        """``synthesize`` for asyncio, the engine's ``asynthesize`` when it has worker
+        processes (``astream`` prefers it): chunks go from the worker's reader thread
+        straight to the event loop, with no thread per request in between."""
+        self.check_request(voice=voice, speed=speed, voice_sample=voice_sample)
+        settings = self._settings(params)
+        pieces = _pieces(text.replace("\x00", " "))
+        if not pieces:
+            return
+        assert self._pool is not None
+        worker, job = self._pool.submit(
+            pieces,
+            self.resolve_voice(voice),
+            self.rate_for(speed),
+            settings,
+            loop=asyncio.get_running_loop(),
+        )
+        assert job.aqueue is not None
+        try:
+            while True:
+                item = await job.aqueue.get()
+                if isinstance(item, _Finished):
+                    job.finished = True
+                    return
+                if isinstance(item, _Failed):
+                    job.finished = True
+                    raise item.error
+                self._pool.consumed(worker, job, len(item.pcm))
+                yield item
+        finally:
+            # Finished, or the consumer left (aclose, cancellation): the worker drops it.
+            self._pool.release(worker, job)
+
+    def _stream_remote(
+        self,
+        pieces: list[TextSpan],
+        voice: str,
+        rate: int,
+        settings: dict[int, int],
+        cancel: threading.Event | None,
+    ) -> Iterator[SynthChunk]:
+        if not pieces:
+            return
+        assert self._pool is not None
+        worker, job = self._pool.submit(pieces, voice, rate, settings)
+        try:
+            while True:
+                try:
+                    item = job.out.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    continue
+                if isinstance(item, _Finished):
+                    job.finished = True
+                    return
+                if isinstance(item, _Failed):
+                    job.finished = True
+                    raise item.error
+                self._pool.consumed(worker, job, len(item.pcm))
+                if cancel is not None and cancel.is_set():
+                    return
+                yield item
+        finally:
+            # Finished, broken out of, or cancelled: the worker drops the job (and stops
+            # synthesizing it at its next chunk if it still runs).
+            self._pool.release(worker, job)
 
     def _stream(self, job: _Job) -> Iterator[SynthChunk]:
         if not job.pieces:

@@ -155,7 +155,8 @@ def test_cancel_event_stops_within_one_chunk_and_engine_recovers(engine):
     assert speak(engine, LONG_TEXT[:300]) == pytest.approx(speak(engine, LONG_TEXT[:300]), 0.05)
 
 
-def test_breaking_out_of_the_stream_cancels_the_job(engine, monkeypatch):
+def test_breaking_out_of_the_stream_cancels_the_job(monkeypatch):
+    engine = EspeakEngine(processes=0)  # the in-process runtime's jobs, observed directly
     jobs = []
     submit = engine._runtime.submit
     monkeypatch.setattr(engine._runtime, "submit", lambda job: (jobs.append(job), submit(job)))
@@ -167,7 +168,8 @@ def test_breaking_out_of_the_stream_cancels_the_job(engine, monkeypatch):
     assert jobs[0].pieces, "the rest of the text was never synthesized"
 
 
-def test_a_slow_consumer_parks_the_job_instead_of_buffering_everything(engine, monkeypatch):
+def test_a_slow_consumer_parks_the_job_instead_of_buffering_everything(monkeypatch):
+    engine = EspeakEngine(processes=0)  # the worker processes' parking: test_espeak_processes
     monkeypatch.setattr(espeak_module, "_MAX_BUFFERED_SECONDS", 2.0)
     jobs = []
     submit = engine._runtime.submit
