@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -54,7 +53,7 @@ class IngestConsumer(AsyncWebsocketConsumer):
         raw = self.scope.get("query_string", b"").decode("latin-1")
         query = dict(parse_qsl(raw, keep_blank_values=True))
         await self.accept()
-        session = IngestSession(send_json=self._send_json, close=self._close)
+        session = IngestSession(send_text=self._send_text, close=self._close)
         if await session.open(query, _authorization(self.scope, query)):
             self.session = session
 
@@ -71,8 +70,8 @@ class IngestConsumer(AsyncWebsocketConsumer):
             session, self.session = self.session, None
             await session.stop()
 
-    async def _send_json(self, payload: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(payload, separators=(",", ":")))
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def _close(self, code: int, reason: str) -> None:
         await self.close(code=code, reason=reason)

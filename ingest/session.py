@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,15 +52,15 @@ KEY_CHECK_S = 2.0
 # The format fields a binary frame inherits (POST /audio's names).
 FORMAT_FIELDS = ("sample_rate_hz", "channels", "bytes_per_sample", "playback_speed")
 
-SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
 
 
 class IngestSession:
     """One `/ws/audio` connection: parses frames on arrival, commits them in order."""
 
-    def __init__(self, *, send_json: SendJson, close: Close) -> None:
-        self._send_json = send_json
+    def __init__(self, *, send_text: SendText, close: Close) -> None:
+        self._send_text = send_text
         self._close = close
         self.room = "default"
         self.speaker = "agent"
@@ -245,11 +246,14 @@ class IngestSession:
                 await self._send_json(_error_frame(outcome, seq))
             else:
                 self.acknowledged += 1
-                await self._send_json({"type": "ack", **outcome})
+                await self._send_text(ack_text(outcome))
             if isinstance(outcome, ApiError) and outcome.code in ("invalid_api_key",):
                 await self._close(CLOSE_UNAUTHORIZED, outcome.code)
                 self._closed = True
                 return
+
+    async def _send_json(self, payload: dict[str, Any]) -> None:
+        await self._send_text(_encode(payload))
 
     async def _check_key(self) -> None:
         """Revoked keys stop being honoured within KEY_CHECK_S (the check is a query)."""
@@ -263,6 +267,36 @@ class IngestSession:
         with contextlib.suppress(Exception):
             await self._send_json(_error_frame(refused, None))
         await self._close(code, refused.code)
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+# The hot path's answer (streams.services._ingest_in_order_run), the ack of nearly every
+# chunk: formatted, not run through the JSON encoder. Stream ids are [A-Za-z0-9._:-] only
+# (services.STREAM_ID_RE), so they need no escaping.
+_HOT_ACK_KEYS = frozenset(
+    ("stream_id", "seq", "duplicate", "received_bytes", "received_chunks", "done", "status")
+)
+_HOT_ACK = (
+    '{{"type":"ack","stream_id":"{stream_id}","seq":{seq},"duplicate":false,'
+    '"received_bytes":{received_bytes},"received_chunks":{received_chunks},"done":false,'
+    '"status":"streaming"}}'
+)
+
+
+def ack_text(answer: dict[str, Any]) -> str:
+    """`{"type": "ack", ...answer}` as JSON text; the common ack without the encoder."""
+    if (
+        answer.keys() == _HOT_ACK_KEYS
+        and answer["status"] == "streaming"
+        and answer["duplicate"] is False
+        and answer["done"] is False
+        and type(answer["seq"]) is int
+        and type(answer["received_bytes"]) is int
+        and type(answer["received_chunks"]) is int
+        and services.STREAM_ID_RE.match(answer["stream_id"])
+    ):
+        return _HOT_ACK.format_map(answer)
+    return _encode({"type": "ack", **answer})
 
 
 def _error_frame(refused: ApiError, seq: Any) -> dict[str, Any]:
