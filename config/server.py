@@ -36,6 +36,16 @@ gets `chunk_too_large` over either transport, not a 1009.
 daphne also drops the reason of an application's `websocket.close`: here it reaches the client
 with the code (`4404 not_found: ...`, `4400 invalid room`, ...).
 
+One fast path for fan-out (issue 11 §1): a WebSocket's scope carries the extension
+`"parley.frames": {"write": callable(frame) -> int}`. `write` takes one complete, unmasked
+server frame built once for every socket it goes to (spectate/hub.py builds a room event's
+text frame once per process) and writes it to this socket as is: no ASGI message, no
+coroutine, no per-socket UTF-8 encoding or framing, and a send() straight to the socket when
+nothing is waiting in Twisted's buffer (which otherwise costs an epoll registration, a wake-up
+and an unregistration per frame). It returns the bytes still waiting in Twisted's buffer after
+the write (the caller's bound on a slow client), or -1 if the socket is not open (nothing
+written). An application that does not look for the extension is served as before.
+
 `--http-timeout` stays unset: daphne would cut streamed answers (speech, /audio/stream) at
 it. `--websocket_connect_timeout` (handshake) defaults to 10 s here instead of 5.
 
@@ -69,11 +79,14 @@ from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.internet import tcp
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
 HEADER_TIMEOUT_S = float(os.environ.get("PARLEY_HEADER_TIMEOUT_S", 10))
 IDLE_TIMEOUT_S = float(os.environ.get("PARLEY_IDLE_TIMEOUT_S", 20))
 WEBSOCKET_CONNECT_TIMEOUT_S = 10
+# How long a client has to read up to a close frame sent behind unsent data, then reply.
+CLOSE_BEHIND_DATA_S = 10.0
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large"}
 _CODES = {400: "bad_request", 408: "request_timeout", 413: "body_too_large"}
@@ -242,8 +255,45 @@ class ParleyWebSocketProtocol(WebSocketProtocol):
         finally:
             self.maxMessagePayloadSize = cap
 
+    def write_frame(self, frame: bytes) -> int:
+        """Write a pre-built server frame as is (the "parley.frames" extension, see the module
+        docstring); the bytes left in Twisted's buffer, or -1 when the socket is not open."""
+        if self.state != self.STATE_OPEN:
+            return -1
+        transport = self.transport
+        if type(transport) is not tcp.Server or self.send_queue:
+            # TLS or another transport, or autobahn's own queue in use: its ordinary path.
+            self.sendData(frame)
+            return 0
+        waiting = self._waiting_bytes()
+        if waiting or not transport.connected or transport.disconnecting:
+            transport.write(frame)  # behind what waits (a no-op once disconnected)
+            return waiting + len(frame)
+        try:
+            sent = transport.socket.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Twisted's own write meets the same error and loses the connection its way.
+            transport.write(frame)
+            return 0
+        if sent < len(frame):
+            transport.write(frame[sent:])
+        return len(frame) - sent
+
+    def _waiting_bytes(self) -> int:
+        """Bytes in Twisted's write buffer (0 for another transport than TCP)."""
+        transport = self.transport
+        if type(transport) is not tcp.Server:
+            return 0
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
     def handle_reply(self, message: dict[str, Any]) -> None:
         if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            if self._waiting_bytes():
+                # The close frame queues behind what the client has not read yet (a spectator
+                # dropped as too slow): give it time to read up to the code before the drop.
+                self.closeHandshakeTimeout = max(self.closeHandshakeTimeout, CLOSE_BEHIND_DATA_S)
             reason = message.get("reason") or None
             self.sendClose(code=message.get("code") or 1000, reason=reason)
             return
@@ -272,6 +322,13 @@ class ParleyServer(Server):
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         super().__init__(*args, **kwargs)
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        if isinstance(protocol, ParleyWebSocketProtocol):
+            extensions = {**scope.get("extensions", {}), "parley.frames": {}}
+            extensions["parley.frames"]["write"] = protocol.write_frame
+            scope = {**scope, "extensions": extensions}
+        return super().create_application(protocol, scope)
 
     # Server.run() builds `self.http_factory = HTTPFactory(self)` and listens with it at once;
     # a property is the one seam to hand it ours instead without copying run().

@@ -1,9 +1,23 @@
-"""GET /spectate/ws?room=<room>[&after=<id>]: a read-only, gap-free, in-order event feed."""
+"""GET /spectate/ws?room=<room>[&after=<id>]: a read-only, gap-free, in-order event feed.
+
+Live events take the fast path when they can: the hub calls `deliver` for every local
+socket of the room, and a socket that is idle and exactly caught up (its next id is the
+event's) writes the event's frame, built once for the process (spectate/hub.py), straight to
+its connection through config/server.py's "parley.frames" extension, in the hub's own loop
+iteration. Anything else (a gap, a duplicate, a socket busy joining or catching up, a server
+without the extension) goes through the socket's inbox and its consumer task as before; the
+id check (`last_sent`) keeps the two paths in order, once each.
+
+Bounds: a socket whose unsent bytes pass PARLEY_SPECTATOR_BUFFER_BYTES is closed with 4429
+`too_slow` and the id to resume after; one whose inbox passes PARLEY_SPECTATOR_QUEUE messages
+(its task is reading the log) drops them and reads them from the log instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from typing import Any
@@ -13,9 +27,10 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.utils import await_many_dispatch
+from django.conf import settings
 from django.utils import timezone
 
-from spectate.hub import hub
+from spectate.hub import event_frames, hub, text_frame
 from spectate.services import backlog_page, events_between, spectator_join, spectator_leave
 from streams.errors import ApiError
 from streams.events import iso
@@ -26,6 +41,8 @@ from streams.services import validate_room_name
 logger = logging.getLogger(__name__)
 
 CLOSE_BAD_REQUEST = 4400
+# The client read too slowly: reconnect with after=<the last id it has>.
+CLOSE_TOO_SLOW = 4429
 
 
 def parse_query(query_string: bytes) -> tuple[str, int | None]:
@@ -67,6 +84,12 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._received = 0
         self._ended = False
+        self._busy = False  # a handler runs: live events wait in the inbox
+        self._dropped = False
+        # config/server.py's writer of pre-built frames; None under another server.
+        self._write = scope.get("extensions", {}).get("parley.frames", {}).get("write")
+        self._buffer_cap = settings.PARLEY_SPECTATOR_BUFFER_BYTES
+        self._queue_cap = settings.PARLEY_SPECTATOR_QUEUE
         try:
             await await_many_dispatch([receive, self._inbox.get], self.dispatch)
         except StopConsumer:
@@ -85,7 +108,11 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        self._busy = True
+        try:
+            await handler(message)
+        finally:
+            self._busy = False
 
     async def send(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -98,6 +125,56 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self.base_send({"type": "websocket.close", "code": 1011})
             raise StopConsumer from exc
+
+    async def send_event(self, text: str) -> None:
+        """Send one event's JSON text; through the frame writer (and its bound) if there is
+        one. StopConsumer once the socket is closed or dropped."""
+        if self._dropped:
+            raise StopConsumer
+        if self._write is None:
+            await self.send(text_data=text)
+            return
+        waiting = self._write(text_frame(text.encode()))
+        self._wrote(waiting)
+        if waiting < 0:
+            raise StopConsumer  # closed meanwhile
+        if self._dropped:
+            await self._close_too_slow()
+
+    def _wrote(self, waiting: int) -> None:
+        """Account for one frame written: `waiting` bytes are unsent (-1: socket closed)."""
+        if waiting < 0:
+            # Closed meanwhile: its disconnect is on its way; nothing more is written.
+            self._dropped = True
+            hub.leave(self.room, self)
+        elif waiting > self._buffer_cap:
+            self._drop()
+
+    def _drop(self) -> None:
+        """The client reads too slowly: stop writing to it now, and close it (from the
+        consumer's task) with the id to resume after."""
+        if self._dropped:
+            return
+        self._dropped = True
+        hub.leave(self.room, self)
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._inbox.put_nowait({"type": "spectator.drop"})
+
+    async def spectator_drop(self, message: dict[str, Any]) -> None:
+        await self._close_too_slow()
+
+    async def _close_too_slow(self) -> None:
+        logger.info("spectator of %s too slow: closed at id %s", self.room, self.last_sent)
+        with contextlib.suppress(Exception):
+            await self.base_send(
+                {
+                    "type": "websocket.close",
+                    "code": CLOSE_TOO_SLOW,
+                    "reason": f"too_slow: resume with after={self.last_sent}",
+                }
+            )
+        raise StopConsumer
 
     async def connect(self) -> None:
         try:
@@ -116,7 +193,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             spectator_join, room_name=self.room, channel_name=self.channel_name, after=after
         )
         for message in joined["messages"]:
-            await self.send_json(message)
+            await self.send_event(json.dumps(message))
         if backlog := joined.get("backlog"):
             await self._send_backlog(**backlog)
         self.last_sent = joined["resume_from"]
@@ -143,9 +220,45 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
     # --- the hub's side (spectate.hub.Listener) ---------------------------------------------
 
     def deliver(self, message: dict[str, Any]) -> None:
+        if self._dropped:
+            return
         if message["type"] == "room.events" and message["events"]:
-            self._received = max(self._received, message["events"][-1]["id"])
+            events = message["events"]
+            self._received = max(self._received, events[-1]["id"])
+            if (
+                self._write is not None
+                and not self._busy
+                and self._inbox.empty()
+                and hasattr(self, "last_sent")
+            ):
+                rest = self._write_live(events, event_frames(message))
+                if rest is None:
+                    return
+                message = {"type": "room.events", "room": message["room"], "events": rest}
+        if self._inbox.qsize() >= self._queue_cap:
+            # Its task is reading the log and this socket is that far behind live: what waits
+            # here is in the log too; read it from there once the task is free.
+            while not self._inbox.empty():
+                self._inbox.get_nowait()
+            message = {"type": "room.resync", "room": self.room, "up_to": self._received}
         self._inbox.put_nowait(message)
+
+    def _write_live(self, events: list[dict[str, Any]], frames: list[bytes]) -> list | None:
+        """The fast path: write each event that is exactly the next one, from its frame.
+        Returns the events from the first that is not (a gap: the task reads the log first),
+        or None when all were written or skipped as duplicates."""
+        for index, event in enumerate(events):
+            event_id = event["id"]
+            if event_id <= self.last_sent:
+                continue
+            if event_id != self.last_sent + 1:
+                return events[index:]
+            waiting = self._write(frames[index])
+            self.last_sent = event_id
+            self._wrote(waiting)
+            if self._dropped:
+                return None
+        return None
 
     def behind(self, mark: int) -> bool:
         return hasattr(self, "last_sent") and max(self.last_sent, self._received) < mark
@@ -162,7 +275,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
                 events_between, room_name=self.room, after=self.last_sent, up_to=up_to
             )
             for message in page:
-                await self.send_json(message)
+                await self.send_event(json.dumps(message))
                 self.last_sent = message["id"]
             if not page or (up_to is not None and self.last_sent >= up_to):
                 return
@@ -176,7 +289,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
             backlog_page, room_name=self.room, streams=streams, after=after, up_to=up_to
         ):
             for message in page:
-                await self.send_json(message)
+                await self.send_event(json.dumps(message))
             after = page[-1]["id"]
 
     async def room_events(self, message: dict[str, Any]) -> None:
@@ -189,7 +302,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
                 continue
             if event_id > self.last_sent + 1:
                 await self._catch_up(up_to=event_id - 1)
-            await self.send(text_data=event["json"])  # encoded once by the publisher
+            await self.send_event(event["json"])  # encoded once by the publisher
             self.last_sent = event_id
 
     async def room_resync(self, message: dict[str, Any]) -> None:
