@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularJSONAPIView
 
-from config.docs_views import RedocView, SwaggerView
+from config.docs_views import AsyncApiView, RedocView, SwaggerView
 from config.errors import not_found
 from streams import api
 from streams.async_views import audio_view, room_events_view
@@ -33,6 +33,8 @@ urlpatterns = [
     # Pages a person opens in a browser (/, /rooms/<room>/, /tts/, /record/): web/urls.py.
     path("", include("web.urls")),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
+    # The sockets (WebSocket and Socket.IO) in AsyncAPI 3.0: docs/asyncapi.yaml.
+    path("asyncapi.yaml", AsyncApiView.as_view(), name="asyncapi"),
     path("docs", SwaggerView.as_view(url_name="openapi"), name="docs"),
     path("redoc", RedocView.as_view(url_name="openapi"), name="redoc"),
     path("admin/", admin.site.urls),
