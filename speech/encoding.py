@@ -30,12 +30,17 @@ import contextlib
 import functools
 import os
 import tempfile
+import threading
 import weakref
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+# Imported here, not on first use: the import takes ~0.1 s, which the first response would pay.
+import av
+import numpy as np
 
 from streams.audio import PcmFormat, wav_header
 
@@ -168,9 +173,26 @@ SEND_PIECE = 1 << 16
 
 # --- PyAV -------------------------------------------------------------------------------------
 
-# Encoding runs here, one call per chunk, so the event loop only waits for it. Each encoder
-# uses one thread at a time; eight cover more concurrent responses than two cores can feed.
-_ENCODE_THREADS = ThreadPoolExecutor(8, thread_name_prefix="parley-encoder")
+# Bulk encoding runs here, so the event loop only waits for it. Each encoder uses one thread
+# at a time; eight cover more concurrent responses than two cores can feed.
+_ENCODE_NICENESS = 5
+
+
+def _lower_priority() -> None:
+    """Bulk encoding is throughput work: under contention the engine and the event loop
+    (every response's first bytes) come first. Nice +5 still leaves these threads a quarter
+    of a contended core, 3x real time for the slowest encoder (aac). Linux niceness is per
+    thread; elsewhere, or when not permitted, nothing changes."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + _ENCODE_NICENESS
+        )
+
+
+_ENCODE_THREADS = ThreadPoolExecutor(
+    8, thread_name_prefix="parley-encoder", initializer=_lower_priority
+)
 
 
 class _Sink:
@@ -197,8 +219,6 @@ class AVEncoder:
     Raises EncoderError when libav refuses the setup or the audio."""
 
     def __init__(self, response_format: str, sample_rate: int, quality: str) -> None:
-        import av
-
         codec = CODECS[response_format]
         self.response_format = response_format
         self.sample_rate = sample_rate
@@ -238,9 +258,6 @@ class AVEncoder:
 
     def feed(self, pcm: bytes) -> bytes:
         """Encode ``pcm``; returns the bytes that are ready (b"" for a whole-file format)."""
-        import av
-        import numpy as np
-
         pcm = self._odd + pcm
         usable = len(pcm) - len(pcm) % 2
         self._odd = pcm[usable:]
@@ -282,8 +299,44 @@ class AVEncoder:
                 self.file.close()
 
 
+# Audio a PyAV encoder may hold unencoded (seconds): beyond it the engine's stream is not
+# pulled (a slow client slows synthesis down instead of filling memory).
+_AV_BUFFER_SECONDS = 5.0
+# Audio encoded at a time, on the loop, until the first bytes are out.
+_AV_HEAD_SECONDS = 0.05
+
+
 async def _av_encode(pcm: AsyncIterator[bytes], encoder: AVEncoder) -> AsyncIterator[bytes]:
+    """A feeder task pulls ``pcm`` as fast as it comes while this generator encodes what has
+    arrived, everything at once, in the encoder threads: the engine is never held up by a
+    hand-off per chunk (as ffmpeg's stdin pipe never did), and a busy encoder gets larger
+    batches. Until the first bytes are out, 50 ms at a time is encoded right here, on the
+    loop: handing it to a thread and back costs more than encoding it (well under a ms) when
+    the machine is busy."""
     loop = asyncio.get_running_loop()
+    limit = int(_AV_BUFFER_SECONDS * encoder.sample_rate) * 2
+    head = int(_AV_HEAD_SECONDS * encoder.sample_rate) * 2
+    buffered: list[bytes] = []
+    size = 0
+    arrived = asyncio.Event()  # something in ``buffered``, or the feeder has ended
+    room = asyncio.Event()  # ``buffered`` is under the limit
+    room.set()
+
+    async def feed() -> None:
+        nonlocal size
+        try:
+            async with contextlib.aclosing(pcm):
+                async for data in pcm:
+                    buffered.append(data)
+                    size += len(data)
+                    arrived.set()
+                    if size >= limit:
+                        room.clear()
+                        await room.wait()
+        finally:
+            arrived.set()
+
+    feeder = loop.create_task(feed())
     running: asyncio.Future[Any] | None = None
 
     def run(function: Any, *args: Any) -> asyncio.Future[Any]:
@@ -291,12 +344,36 @@ async def _av_encode(pcm: AsyncIterator[bytes], encoder: AVEncoder) -> AsyncIter
         running = loop.run_in_executor(_ENCODE_THREADS, function, *args)
         return running
 
+    # A whole-file format sends nothing before the end: no first bytes to hurry.
+    started = encoder.file is not None
     try:
-        async with contextlib.aclosing(pcm):
-            async for data in pcm:
-                # Pulled one chunk at a time: a slow client slows the engine's stream too.
-                if out := await run(encoder.feed, data):
-                    yield out
+        while True:
+            if not buffered:
+                if feeder.done():
+                    feeder.result()  # the input's own failure (an engine error) is raised
+                    break
+                arrived.clear()
+                await arrived.wait()
+                continue
+            if not started:
+                # A few tens of ms at a time until the first bytes are out (aac needs 85 ms),
+                # so they leave as early as they can: the engine's first chunk may hold a
+                # second of audio (services coalesces what queued up), 15-30 ms to encode.
+                batch = buffered[0][:head]
+                if len(batch) == len(buffered[0]):
+                    buffered.pop(0)
+                else:
+                    buffered[0] = buffered[0][head:]
+                out = encoder.feed(batch)
+                started = bool(out)
+            else:
+                batch = b"".join(buffered)
+                buffered.clear()
+                out = await run(encoder.feed, batch)
+            size -= len(batch)
+            room.set()
+            if out:
+                yield out
         if out := await run(encoder.finish):
             yield out
         if encoder.file is not None:
@@ -304,8 +381,12 @@ async def _av_encode(pcm: AsyncIterator[bytes], encoder: AVEncoder) -> AsyncIter
             while data := await run(encoder.file.read, SEND_PIECE):
                 yield data
     finally:
+        if not feeder.done():
+            feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await feeder
         if running is not None and not running.done():
-            # Left mid-chunk (client gone): libav is still busy in its thread; close after.
+            # Left mid-batch (client gone): libav is still busy in its thread; close after.
             running.add_done_callback(lambda _: encoder.close())
         else:
             encoder.close()
@@ -358,10 +439,12 @@ async def spawn(
     started early, it is ready by the time the first audio is. ``stop`` releases it (and a
     FLAC encoder's temporary file, see the module doc) when ``encode`` never runs."""
     if (backend or encoder_name()) == "pyav":
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            _ENCODE_THREADS, AVEncoder, response_format, sample_rate, quality
-        )
+        if response_format in WHOLE_FILE_FORMATS:  # creates a file: not on the loop
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                _ENCODE_THREADS, AVEncoder, response_format, sample_rate, quality
+            )
+        return AVEncoder(response_format, sample_rate, quality)  # ~1 ms: no hand-off
     output = "pipe:1"
     if response_format in WHOLE_FILE_FORMATS:
         fd, output = tempfile.mkstemp(prefix="parley-", suffix=f".{response_format}")
