@@ -487,8 +487,127 @@ class Leg:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def section(legs: list[Leg], command: str) -> str:
-    machine = machine_info()
+def _leg(legs: list[Leg], env_key: str) -> Leg | None:
+    return next((leg for leg in legs if env_key in leg.env), None)
+
+
+def comparisons(legs: list[Leg]) -> str:
+    """The legs side by side: PyAV against the ffmpeg pipe (compressed formats), eSpeak's
+    worker processes against its in-process thread (raw formats)."""
+    main = legs[0]
+    parts = []
+
+    def med(case: Case, attribute: str, where: str = "server") -> float:
+        return Case.median(getattr(case, where), attribute)
+
+    ffmpeg = _leg(legs, "PARLEY_SPEECH_ENCODER")
+    if ffmpeg is not None:
+        lines = [
+            "### PyAV against the ffmpeg pipe (same run)",
+            "",
+            "First byte over the engine's first chunk (each leg against its own interleaved "
+            "engine runs) and server total time, PyAV (as wired) / ffmpeg pipe; last "
+            "column: PyAV's total ÷ ffmpeg's.",
+            "",
+            "| chars | format | conc. | first byte overhead ms PyAV / ffmpeg | total ms PyAV / "
+            "ffmpeg | total PyAV ÷ ffmpeg |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        ratios = []
+        for theirs in ffmpeg.cases:
+            ours = next(
+                (
+                    c
+                    for c in main.cases
+                    if (c.chars, c.fmt, c.concurrency)
+                    == (theirs.chars, theirs.fmt, theirs.concurrency)
+                ),
+                None,
+            )
+            if ours is None:
+                continue
+            over = [med(c, "first_ms") - med(c, "first_ms", "engine") for c in (ours, theirs)]
+            totals = [med(c, "total_ms") for c in (ours, theirs)]
+            ratios.append(totals[0] / totals[1])
+            lines.append(
+                f"| {ours.chars} | {ours.fmt} | {ours.concurrency} | {over[0]:+.1f} / "
+                f"{over[1]:+.1f} | {totals[0]:.0f} / {totals[1]:.0f} | "
+                f"{totals[0] / totals[1]:.2f} |"
+            )
+        if ratios:
+            lines += ["", f"Median total ratio PyAV ÷ ffmpeg: {statistics.median(ratios):.2f}."]
+        parts.append("\n".join(lines))
+    thread = _leg(legs, "PARLEY_ESPEAK_PROCESSES")
+    if thread is not None:
+        lines = [
+            "### eSpeak worker processes against the in-process thread (same run)",
+            "",
+            "Raw formats; the engine column of each leg is the same setup called directly "
+            "(worker processes / one thread) in the bench process.",
+            "",
+            "| chars | format | conc. | engine first chunk ms processes / thread | first "
+            "byte ms processes / thread | overhead ms processes / thread | engine full ms "
+            "processes / thread |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for theirs in thread.cases:
+            ours = next(
+                (
+                    c
+                    for c in main.cases
+                    if (c.chars, c.fmt, c.concurrency)
+                    == (theirs.chars, theirs.fmt, theirs.concurrency)
+                ),
+                None,
+            )
+            if ours is None:
+                continue
+
+            def pair(attribute: str, where: str, a: Case = ours, b: Case = theirs) -> str:
+                return f"{med(a, attribute, where):.1f} / {med(b, attribute, where):.1f}"
+
+            over = [med(c, "first_ms") - med(c, "first_ms", "engine") for c in (ours, theirs)]
+            lines.append(
+                f"| {ours.chars} | {ours.fmt} | {ours.concurrency} | "
+                f"{pair('first_ms', 'engine')} | {pair('first_ms', 'server')} | "
+                f"{over[0]:+.1f} / {over[1]:+.1f} | {pair('total_ms', 'engine')} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + ("\n" if parts else "")
+
+
+def parse_legs(text: str) -> list[Leg]:
+    """Legs back from a section this bench printed (its tables hold every median), so a
+    run can be re-rendered (``--render-from``) without running it again."""
+    legs: list[Leg] = []
+    for block in re.split(r"^### ", text, flags=re.MULTILINE)[1:]:
+        title = block.splitlines()[0].strip()
+        command = re.search(r"^`([^`]*daphne [^`]*)`", block, re.MULTILINE)
+        if command is None:
+            continue
+        words = command.group(1).split()
+        env = dict(word.split("=", 1) for word in words if "=" in word)
+        cases = []
+        for row in re.findall(r"^\| (\d+) \| (\w+) \| (\d) \|(.*)\|$", block, re.MULTILINE):
+            chars, fmt, concurrency, rest = row
+            cells = [cell.strip() for cell in rest.split("|")]
+            inside = [float(x) for x in cells[-1].split(" / ")]
+            case = Case(int(chars), fmt, int(concurrency))
+            case.engine = [Sample(float(cells[0]), float(cells[4]))]
+            case.server = [Sample(float(cells[1]), float(cells[5]), 0, inside[0], inside[1])]
+            cases.append(case)
+        memory: dict[str, tuple[float, float]] = {}
+        line = re.search(r"^- Memory growth.*: (.*) — .*idle RSS: (.*)\)$", block, re.MULTILINE)
+        if line is not None:
+            growths = dict(re.findall(r"(\w+) ([\d.]+) MiB", line.group(1)))
+            idles = dict(re.findall(r"(\w+) ([\d.]+) MiB", line.group(2)))
+            memory = {fmt: (float(idles[fmt]), float(growths[fmt])) for fmt in growths}
+        legs.append(Leg(title, words[-1], cases, memory, env))
+    return legs
+
+
+def section(legs: list[Leg], command: str, machine: dict | None = None) -> str:
+    machine = machine or machine_info()
     parts = []
     for leg in legs:
         idle = ", ".join(f"{fmt} {idle:.0f} MiB" for fmt, (idle, _) in leg.memory.items())
@@ -500,7 +619,7 @@ def section(legs: list[Leg], command: str) -> str:
             + (f" (idle RSS: {idle})" if idle else "")
             + f"\n\n{table(leg.cases)}\n"
         )
-    body = "\n".join(parts)
+    body = "\n".join(parts) + "\n" + comparisons(legs)
     return f"""{HEADING}
 
 `POST /v1/audio/speech` (model `tts-1`, voice `alloy`, the default engine eSpeak NG) on one
@@ -511,8 +630,16 @@ the client (http.client, new connection per request, so it includes connecting);
 first chunk" is the first PCM buffer out of `EspeakEngine.synthesize`, "engine full" its
 last. The last column is what the server itself recorded on the job: its engine's first
 chunk and its first byte written, both from the job's start. pcm and the compressed formats
-are resampled to OpenAI's 24 kHz (wav keeps 22,050 Hz); the compressed formats go through
-one ffmpeg process per request, started while the engine works on its first chunk.
+are resampled to OpenAI's 24 kHz (wav keeps 22,050 Hz). As wired, eSpeak NG runs in
+`PARLEY_ESPEAK_PROCESSES` worker processes (default: the core count) and the compressed
+formats are encoded in the server process by PyAV, opened while the engine works on its first
+chunk; flac is sent whole when it is complete (its header needs the length and MD5), so its
+first byte is the whole synthesis by design. The other legs run their own daphne in the same
+run: the compressed formats through one ffmpeg process per request
+(`PARLEY_SPEECH_ENCODER=ffmpeg`, the yardstick for the encoder), and pcm/wav with eSpeak in a
+thread of the server (`PARLEY_ESPEAK_PROCESSES=0`, with `--espeak-thread`). The target (issue
+11 §3): first byte within 10 ms of the engine's first chunk in every format, at concurrency
+1 and 4.
 
 - Machine: {machine["cpu"]}, {machine["nproc"]} cores, {machine["ram"]} RAM; Python
   {machine["python"]}; commit {machine["commit"]}. The machine is shared: other benches and
@@ -525,9 +652,9 @@ Memory: the daphne process's RSS sampled every 2 ms while one 4,000-character re
 streams to a client reading as fast as it can, minus its RSS just before. Daphne applies no
 backpressure to the application: a client that reads slower than the engine speaks makes
 daphne hold the unread audio (about 48 KB per second of 24 kHz pcm). Concurrency 4 on these
-{machine["nproc"]} cores: eSpeak NG is not thread-safe, so one thread per process
-synthesizes for everyone, round robin by pieces; the engine column at concurrency 4 runs
-four threads against the same engine the same way.
+{machine["nproc"]} cores: each eSpeak worker process serves its jobs round robin by pieces;
+the engine column at concurrency 4 runs four threads against the same engine setup (its
+own worker processes) the same way.
 """
 
 
@@ -549,6 +676,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="samples per case at c=1")
     parser.add_argument("--quick", action="store_true", help="2 samples per case")
     parser.add_argument("--write-docs", action="store_true", help=f"update {HEADING!r}")
+    parser.add_argument(
+        "--render-from",
+        metavar="FILE",
+        help="re-render a section this bench printed (with the comparisons), no run",
+    )
     parser.add_argument(
         "--espeak-thread",
         action="store_true",
@@ -573,6 +705,24 @@ def main() -> None:
         if args.write_docs:
             replace_section(DOCS, STRATEGY_HEADING, text)
             log(f"wrote the {STRATEGY_HEADING!r} section of {DOCS}")
+        return
+    if args.render_from:
+        saved = Path(args.render_from).read_text()
+        found = re.search(r"commit (\S+)", saved)
+        date = re.search(r"^- Date: (.*)$", saved, re.MULTILINE)
+        found_command = re.search(r"^- Command: `(.*)`$", saved, re.MULTILINE)
+        machine = {
+            **machine_info(),
+            **({"commit": found.group(1).rstrip(";")} if found else {}),
+            **({"date": date.group(1)} if date else {}),
+        }
+        text = section(
+            parse_legs(saved), found_command.group(1) if found_command else command, machine
+        )
+        print(text)
+        if args.write_docs:
+            replace_section(DOCS, HEADING, text)
+            log(f"wrote the {HEADING!r} section of {DOCS}")
         return
     legs = []
     app = "config.asgi:application"

@@ -630,7 +630,12 @@ def _worker_main(
     command_fd: int, result_fd: int, library_path: str, data_path: str, buffer_ms: int
 ) -> None:
     """A worker process: the runtime's synthesis thread, fed by commands from the parent."""
+    import signal
     from multiprocessing.connection import Connection
+
+    # Ctrl-C reaches the whole process group: the server shuts down, and its closed pipe
+    # ends this process (no traceback of its own).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     commands = Connection(command_fd, writable=False)
     results = Connection(result_fd, readable=False)
