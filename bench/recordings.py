@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
+import random
 import re
 import secrets
 import shlex
@@ -123,6 +125,119 @@ async def websocket_session(ws_base: str, chunk: bytes, count: int, window: int)
             await ws.send(chunk)
         await asyncio.wait_for(reader, 120)
         return time.perf_counter() - started
+
+
+# --- live recorders: real-time pacing ------------------------------------------------------
+
+
+async def _paced(send, chunk: bytes, seconds: float, chunk_ms: int, sent: list[float]) -> None:
+    """Send a chunk every chunk_ms on an absolute schedule (a late send does not shift the
+    next), starting at a random phase so that sessions do not all send at once."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + random.random() * chunk_ms / 1000
+    for n in range(int(seconds * 1000 / chunk_ms)):
+        delay = start + n * chunk_ms / 1000 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent.append(time.perf_counter())
+        await send(chunk)
+
+
+async def live_socketio(base_url: str, chunk: bytes, seconds: float, chunk_ms: int) -> list[float]:
+    """One real-time recorder over Socket.IO; returns each chunk's send-to-ack latency (s)."""
+    client = socketio.AsyncClient(reconnection=False)
+    connected = asyncio.Event()
+    sent: list[float] = []
+    latencies: list[float] = []
+
+    @client.on("response", namespace=NAMESPACE)
+    async def response(data: dict) -> None:
+        if data.get("message") != "received chunk":
+            connected.set()
+            return
+        latencies.append(time.perf_counter() - sent[len(latencies)])
+
+    await client.connect(base_url, namespaces=[NAMESPACE], transports=["websocket"])
+    await asyncio.wait_for(connected.wait(), 30)
+
+    async def send(data: bytes) -> None:
+        await client.emit("audio_chunk", {"chunk": data}, namespace=NAMESPACE)
+
+    await _paced(send, chunk, seconds, chunk_ms, sent)
+    deadline = time.perf_counter() + LIVE_GRACE_S
+    while len(latencies) < len(sent) and time.perf_counter() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    await client.disconnect()
+    return latencies + [math.inf] * (len(sent) - len(latencies))
+
+
+async def live_websocket(ws_base: str, chunk: bytes, seconds: float, chunk_ms: int) -> list[float]:
+    """One real-time recorder over the plain WebSocket; send-to-ack latencies (s)."""
+    sent: list[float] = []
+    latencies: list[float] = []
+    async with websockets.connect(f"{ws_base}/ws/streaming", max_size=None) as ws:
+        hello = json.loads(await ws.recv())
+        assert hello["event"] == "response", hello
+
+        async def read_acks() -> None:
+            while True:
+                message = json.loads(await ws.recv())
+                if message["event"] != "response":
+                    raise SystemExit(f"server refused a chunk: {message}")
+                latencies.append(time.perf_counter() - sent[len(latencies)])
+
+        reader = asyncio.create_task(read_acks())
+        await _paced(ws.send, chunk, seconds, chunk_ms, sent)
+        deadline = time.perf_counter() + LIVE_GRACE_S
+        while len(latencies) < len(sent) and time.perf_counter() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        reader.cancel()
+    return latencies + [math.inf] * (len(sent) - len(latencies))
+
+
+LIVE_GRACE_S = 5.0
+
+
+@dataclass
+class LiveResult:
+    backend: str
+    transport: str
+    recorders: int
+    server: str
+    latencies: list[float]
+    seconds: float
+    cpu_s: float
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def lost(self) -> int:
+        return sum(1 for x in self.latencies if x == math.inf)
+
+
+async def measure_live(
+    process: DaphneProcess,
+    transport: str,
+    recorders: int,
+    seconds: float,
+    chunk_ms: int = 20,
+    profile: Path | None = None,
+) -> tuple[list[float], float]:
+    chunk = chunk_of(chunk_ms)
+    before = cpu_seconds(process.pid)
+    if transport == "socketio":
+        runs = [live_socketio(process.url, chunk, seconds, chunk_ms) for _ in range(recorders)]
+    else:
+        runs = [live_websocket(process.ws_url, chunk, seconds, chunk_ms) for _ in range(recorders)]
+    with Profiler(
+        profile.parent if profile else None, process.pid, profile.name if profile else ""
+    ):
+        latencies = [x for one in await asyncio.gather(*runs) for x in one]
+    cpu = cpu_seconds(process.pid) - before
+    await asyncio.sleep(0.5)  # Parley saves each recording as its session closes
+    return latencies, cpu
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -265,6 +380,26 @@ async def run_backend(name: str, args: argparse.Namespace) -> list[Result]:
                                     f"{name} {transport} {chunk_ms} ms x{sessions} {label}: "
                                     f"{result.chunks_per_s:.0f} chunks/s"
                                 )
+                for transport in args.transports:
+                    for recorders in args.live:
+                        for label, process in servers.items():
+                            case = f"{name}-live-{transport}-x{recorders}-{label}"
+                            latencies, cpu = await measure_live(
+                                process,
+                                transport,
+                                recorders,
+                                args.live_seconds,
+                                profile=args.profile / case if args.profile else None,
+                            )
+                            live = LiveResult(
+                                name, transport, recorders, label, latencies, args.live_seconds, cpu
+                            )
+                            args.live_results.append(live)
+                            log(
+                                f"{name} live {transport} x{recorders} {label}: ack p50 "
+                                f"{live.percentile(0.5):.1f} ms p99 {live.percentile(0.99):.1f} "
+                                f"ms, {live.lost} unanswered, CPU {cpu / args.live_seconds:.0%}"
+                            )
             finally:
                 parley.stop()
                 bare.stop()
@@ -357,12 +492,18 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32, help="unacknowledged chunks allowed")
     parser.add_argument("--transports", default="socketio,websocket")
     parser.add_argument("--chunk-ms", default="20,100", help="chunk lengths, ms")
+    parser.add_argument(
+        "--live", default="50", help="real-time 20 ms recorders per case (0: no live cases)"
+    )
+    parser.add_argument("--live-seconds", type=float, default=10.0)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--profile", metavar="DIR", type=Path, help="py-spy record each case")
     args = parser.parse_args()
     args.backends = [b for b in args.backends.split(",") if b]
     args.sessions = [int(s) for s in args.sessions.split(",") if s]
     args.transports = [t for t in args.transports.split(",") if t]
+    args.live = [int(n) for n in args.live.split(",") if n and int(n) > 0]
+    args.live_results = []
     args.chunk_ms = [int(ms) for ms in args.chunk_ms.split(",") if ms]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
