@@ -440,16 +440,58 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores; {system}"
 
 
+def live_table(results: list[LiveResult]) -> str:
+    if not results:
+        return ""
+    lines = [
+        "| backend | transport | recorders | Parley ack p50 / p99 ms | Parley unanswered "
+        "| Parley server CPU | bare ack p50 / p99 ms | bare unanswered | bare server CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    pairs: dict[tuple, dict[str, LiveResult]] = {}
+    for r in results:
+        pairs.setdefault((r.backend, r.transport, r.recorders), {})[r.server] = r
+
+    def cells(r: LiveResult) -> str:
+        sent = len(r.latencies)
+        return (
+            f"{r.percentile(0.5):,.1f} / {r.percentile(0.99):,.1f} | {r.lost:,} of {sent:,} "
+            f"| {r.cpu_s / r.seconds:.0%}"
+        )
+
+    for (name, transport, recorders), pair in pairs.items():
+        lines.append(
+            f"| {name} | {transport} | {recorders} | {cells(pair['parley'])} "
+            f"| {cells(pair['bare'])} |"
+        )
+    return "\n".join(lines).replace("inf", "∞")
+
+
 def section(results: list[Result], args: argparse.Namespace, command: str) -> str:
     backends = ", ".join(BACKENDS[name] for name in args.backends)
+    live = live_table(args.live_results)
+    live_text = (
+        f"""
+Live recorders (`--live`): that many sessions at once, each sending one 20 ms chunk every
+20 ms for {args.live_seconds:g} s (random phase), against each server in turn: the time from
+a chunk's send to its `received chunk` (∞: not answered within {LIVE_GRACE_S:g} s of the last
+send), and the server's CPU as a share of one core. A server keeps up if its p99 stays a
+few chunks long and nothing goes unanswered.
+
+{live}
+"""
+        if live
+        else ""
+    )
     return f"""{HEADING}
 
-Ingest throughput of recording sessions (issue #4 §6): `bench/recordings.py` against a bare
-python-socketio server that only appends each chunk to a list (`bench/recordings_bare.py`,
-which also serves a bare raw-ASGI WebSocket as the floor for `/ws/streaming`). Both run in
-daphne, side by side, in one run. A chunk counts when its `received chunk` answer is back —
-for Parley that is after it is committed to the database. 16 kHz mono 16-bit PCM; each
-session keeps at most {args.window} chunks unacknowledged; {args.chunks} chunks per session.
+Ingest throughput of recording sessions (issue #4 §6, issue 11 §2): `bench/recordings.py`
+against a bare python-socketio server that only appends each chunk to a list
+(`bench/recordings_bare.py`, which also serves a bare raw-ASGI WebSocket as the floor for
+`/ws/streaming`). Both run in daphne, side by side, in one run. A chunk counts when its
+`received chunk` answer is back — for Parley that is after it is committed to the database.
+16 kHz mono 16-bit PCM; each session keeps at most {args.window} chunks unacknowledged;
+{args.chunks} chunks per session.
 
 - Machine: {machine()}
 - Backends: {backends}
@@ -460,16 +502,15 @@ session keeps at most {args.window} chunks unacknowledged; {args.chunks} chunks 
 {table(results)}
 
 "Parley / bare" is our throughput as a share of the bare server's (1.00 = no cost). The
-bare WebSocket is a raw ASGI app with nothing behind it, so that ratio mostly prices Django,
-Channels and one database commit per chunk; the bare Socket.IO server is the library's own
-floor. Every Parley chunk is one transaction (SELECT … FOR UPDATE of the recording, INSERT
-of the chunk, UPDATE of the stream) committed before the ack: on PostgreSQL four round trips
-and a WAL flush, plus a pooled connection taken per call, so the server mostly waits on the
-database. "≈ live sessions" is how many real-time sessions that throughput keeps up with
-(a session sends 1000 / chunk-ms chunks a second); one session is served by one worker, and
-more workers add up. The clients share the 2 cores with the servers: absolute numbers are a
-floor.
-"""
+bare WebSocket is a raw ASGI app with nothing behind it, so that ratio prices Django,
+Channels and the database; the bare Socket.IO server is the library's own floor. Chunks are
+committed in groups (recordings/commit.py): every chunk that arrives while a commit is in
+flight goes in the next one, across all the worker's sessions — one locking SELECT of the
+group's recordings, one batched INSERT, one batched UPDATE, one commit — and each is
+acknowledged once its group is committed. "≈ live sessions" is how many real-time sessions
+that throughput would keep up with (a session sends 1000 / chunk-ms chunks a second). The
+clients share the 2 cores with the servers: absolute numbers are a floor.
+{live_text}"""
 
 
 def write_docs(text: str) -> None:
@@ -493,7 +534,7 @@ def main() -> None:
     parser.add_argument("--transports", default="socketio,websocket")
     parser.add_argument("--chunk-ms", default="20,100", help="chunk lengths, ms")
     parser.add_argument(
-        "--live", default="50", help="real-time 20 ms recorders per case (0: no live cases)"
+        "--live", default="25,50", help="real-time 20 ms recorders per case (0: no live cases)"
     )
     parser.add_argument("--live-seconds", type=float, default=10.0)
     parser.add_argument("--write-docs", action="store_true")
