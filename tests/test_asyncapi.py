@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "asyncapi.yaml"
 SPEC_SCHEMA = Path(__file__).resolve().parent / "data" / "asyncapi" / "3.0.0.json"
 TENTH = pcm(0.1)  # 4800 bytes at 24 kHz mono 16-bit
+# Database access for every test, the pure ones too: the runtime's SQLite checkpoint thread,
+# started by the session tests, would otherwise log pytest-django's refusal in the others.
+pytestmark = pytest.mark.django_db
 
 
 @cache
@@ -403,6 +406,50 @@ async def test_speech_socket_frames_are_the_documented_ones():
         previous = frame if "<bytes>" not in frame else None
     assert kinds[:3] == ["audio.header", "<bytes>", "audio"], kinds
     assert kinds[-1] == "session.done" and "sentence.done" in kinds, kinds
+
+
+AGENT_SERVER_TYPES = (
+    "session.created",
+    "session.updated",
+    "user.speech.started",
+    "user.speech.stopped",
+    "transcript.partial",
+    "transcript.final",
+    "agent.text.delta",
+    "agent.text.done",
+    "agent.audio.chunk",
+    "agent.audio.end",
+    "agent.interrupt",
+    "turn.metrics",
+    "error",
+)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+async def test_agent_socket_frames_are_the_documented_ones():
+    from tests.agents.conftest import quiesce
+
+    socket = Socket("/ws/agent?room=aapi-agent")
+    await socket.open()
+    try:
+        frames = [await socket.recv()]
+        await socket.send(type="session.update", vad={"silence_ms": 700})
+        await socket.send(type="no.such.type")
+        await socket.send(type="text.input", text="say hi")
+        while not frames or frames[-1].get("type") != "turn.metrics":
+            frames.append(await socket.recv(timeout=60))
+        for frame in frames:
+            assert frame["type"] in AGENT_SERVER_TYPES, frame
+            check_frame("agent", frame["type"], frame)
+        kinds = [frame["type"] for frame in frames]
+        for kind in ("session.created", "session.updated", "error", "transcript.final"):
+            assert kind in kinds, kinds
+        for kind in ("agent.text.done", "agent.audio.chunk", "agent.audio.end"):
+            assert kind in kinds, kinds
+    finally:
+        await socket.close()
+        await quiesce()
 
 
 @pytest.mark.django_db(transaction=True)
