@@ -14,7 +14,9 @@ bench.settings) on a fresh database (bench.core.backend_env). For each N:
               stream of 20 ms chunks is POSTed to /audio at --rate for --seconds. Measured:
               the server process's CPU time (utime + stime) from the first POST until every
               client has every chunk, over the frames delivered; receipt minus POST send time
-              per chunk and client (p50/p99); loss and reorder per client.
+              per chunk and client (p50/p99), and receipt minus the event's `ts` (set in
+              the ingest transaction just before its commit: commit, broadcast, fan-out,
+              without the POST's queueing and ingest); loss and reorder per client.
 2. yardstick  a bare `websockets` server (a subprocess of this file, `--yardstick-server`)
               with N clients and one publisher connection; the publisher sends the very JSON
               texts the Parley clients received (the audio_chunk events) at the same rate,
@@ -54,6 +56,7 @@ from bench.core import (
     backend_env,
     cpu_seconds,
     log,
+    parse_ts,
     pcm_b64,
     summary,
 )
@@ -214,6 +217,8 @@ def check_delivery(
 ) -> dict[str, Any]:
     """Latency, loss and reorder of the stream's audio_chunk events over every client."""
     latencies: list[float] = []
+    since_ts: list[float] = []  # receipt minus the event's ts (written before its commit)
+    wall_offset = time.time() - time.perf_counter()
     missing = reordered = 0
     texts: list[bytes] = []
     key = f'"stream_id": "{stream_id}"'.encode()
@@ -223,7 +228,9 @@ def check_delivery(
         for at, payload in client.frames[begin:]:
             if b'"type": "audio_chunk"' not in payload or key not in payload:
                 continue
-            seq = json.loads(payload)["seq"]
+            event = json.loads(payload)
+            seq = event["seq"]
+            since_ts.append((at + wall_offset - parse_ts(event["ts"])) * 1000)
             if seq <= last:
                 reordered += 1
             last = max(last, seq)
@@ -234,6 +241,7 @@ def check_delivery(
         missing += len(sent) - len(seen)
     return {
         "latency_ms": summary(latencies),
+        "since_ts_ms": summary(since_ts),
         "missing": missing,
         "reordered": reordered,
         "texts": texts,
@@ -420,7 +428,8 @@ def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     f"(marginal {ours['marginal_us_per_frame']:.1f}) vs bare "
                     f"{bare['cpu_us_per_frame']:.1f} -> {ratio:.2f}x; server "
                     f"{ours['cpu_pct']:.0f}% CPU; p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} ms "
-                    f"(bare p99 {bare['latency_ms']['p99']:.1f}); missing {ours['missing']}, "
+                    f"(bare p99 {bare['latency_ms']['p99']:.1f}; from the event's ts p99 "
+                    f"{ours['since_ts_ms']['p99']:.1f}); missing {ours['missing']}, "
                     f"reordered {ours['reordered']}, complete {ours['complete']}; "
                     f"others {ours['others_pct']:.0f}%"
                 )
@@ -445,8 +454,10 @@ def run_two_workers(args: argparse.Namespace) -> dict[str, Any]:
             lat = run["latency_ms"]
             log(
                 f"  2 workers, {run['spectators']} spectators, {args.two_worker_rate}/s: "
-                f"p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f} ms; "
-                f"missing {run['missing']}, reordered {run['reordered']}; servers "
+                f"p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f} ms "
+                f"(from the event's ts: p50 {run['since_ts_ms']['p50']:.1f} p99 "
+                f"{run['since_ts_ms']['p99']:.1f}); missing {run['missing']}, "
+                f"reordered {run['reordered']}; servers "
                 f"{run['cpu_pct']:.0f}% CPU (sum of both), client {run['client_pct']:.0f}%, "
                 f"others {run['others_pct']:.0f}%; {run['cpu_us_per_frame']:.1f} us/frame"
             )
@@ -459,8 +470,9 @@ def run_two_workers(args: argparse.Namespace) -> dict[str, Any]:
 def render(results: list[dict[str, Any]], two: dict[str, Any] | None) -> str:
     lines = [
         "| backend | N | ours µs/frame (marginal) | bare µs/frame | ratio (goal ≤ 2) | "
-        "p50 / p99 ms (bare p99) | lost / reordered | server CPU | others |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "p50 / p99 ms (bare p99) | p99 from ts | lost / reordered | server CPU | client | "
+        "others |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for run in result["runs"]:
@@ -471,8 +483,9 @@ def render(results: list[dict[str, Any]], two: dict[str, Any] | None) -> str:
                 f"{ours['cpu_us_per_frame']:.1f} ({ours['marginal_us_per_frame']:.1f}) | "
                 f"{bare['cpu_us_per_frame']:.1f} | {run['ratio']:.2f} | "
                 f"{lat['p50']:.1f} / {lat['p99']:.1f} ({bare['latency_ms']['p99']:.1f}) | "
+                f"{ours['since_ts_ms']['p99']:.1f} | "
                 f"{ours['missing']} / {ours['reordered']} | {ours['cpu_pct']:.0f}% | "
-                f"{ours['others_pct']:.0f}% |"
+                f"{ours['client_pct']:.0f}% | {ours['others_pct']:.0f}% |"
             )
     for result in results:
         lines.append(
@@ -483,7 +496,9 @@ def render(results: list[dict[str, Any]], two: dict[str, Any] | None) -> str:
         lines.append(
             f"\nTwo workers (PostgreSQL + Redis), {two['spectators']} spectators, "
             f"{two['chunks']} chunks: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms "
-            f"(goal ≤ {TWO_WORKER_P99_MS:.0f}), max {lat['max']:.1f} ms; lost {two['missing']}, "
+            f"(goal ≤ {TWO_WORKER_P99_MS:.0f}), max {lat['max']:.1f} ms; from the event's ts "
+            f"p50 {two['since_ts_ms']['p50']:.1f} ms, p99 {two['since_ts_ms']['p99']:.1f} ms; "
+            f"lost {two['missing']}, "
             f"reordered {two['reordered']}; servers {two['cpu_pct']:.0f}% CPU together, "
             f"client {two['client_pct']:.0f}%, others {two['others_pct']:.0f}%."
         )
