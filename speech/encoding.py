@@ -33,7 +33,7 @@ import tempfile
 import threading
 import weakref
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -232,6 +232,11 @@ class AVEncoder:
         self._pts = 0
         self._odd = b""  # half a sample left over from the previous piece
         self._closed = False
+        # ``close`` may come from the loop (``stop``, a response torn down) while a thread is
+        # still inside libav with this encoder: it is then left to that call to close.
+        self._state = threading.Lock()
+        self._busy = False
+        self._close_wanted = False
         options = dict(codec.codec_options)
         if codec.levels is not None:
             options["compression_level"] = str(codec.levels[quality])
@@ -256,8 +261,27 @@ class AVEncoder:
             self.close()
             raise EncoderError(f"libav ({response_format}) failed to start: {error}") from error
 
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        with self._state:
+            if self._closed or self._close_wanted:
+                raise EncoderError(f"the {self.response_format} encoder is closed")
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._state:
+                self._busy = False
+                close = self._close_wanted
+            if close:
+                self._release()
+
     def feed(self, pcm: bytes) -> bytes:
         """Encode ``pcm``; returns the bytes that are ready (b"" for a whole-file format)."""
+        with self._using():
+            return self._feed(pcm)
+
+    def _feed(self, pcm: bytes) -> bytes:
         pcm = self._odd + pcm
         usable = len(pcm) - len(pcm) % 2
         self._odd = pcm[usable:]
@@ -273,13 +297,14 @@ class AVEncoder:
     def finish(self) -> bytes:
         """Flush the encoder and write the trailer; returns the last bytes (whole-file
         formats: b"", the file is then complete in ``self.file``)."""
-        self._mux(None)
-        try:
-            self._container.close()
-        except Exception as error:
-            raise EncoderError(f"libav ({self.response_format}) failed: {error}") from error
-        self._closed = True
-        return self._sink.take()
+        with self._using():
+            self._mux(None)
+            try:
+                self._container.close()
+            except Exception as error:
+                raise EncoderError(f"libav ({self.response_format}) failed: {error}") from error
+            self._closed = True
+            return self._sink.take()
 
     def _mux(self, frame: Any) -> None:
         try:
@@ -289,14 +314,23 @@ class AVEncoder:
             raise EncoderError(f"libav ({self.response_format}) failed: {error}") from error
 
     def close(self) -> None:
-        """Release libav's state and the temporary file; idempotent."""
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                self._container.close()
-        if self.file is not None:
-            with contextlib.suppress(OSError):
-                self.file.close()
+        """Release libav's state and the temporary file; idempotent, from any thread. While
+        another thread is encoding with it, that call releases it when it returns."""
+        with self._state:
+            self._close_wanted = True
+            if self._busy:
+                return
+        self._release()
+
+    def _release(self) -> None:
+        with self._state:
+            if not self._closed:
+                self._closed = True
+                with contextlib.suppress(Exception):
+                    self._container.close()
+            if self.file is not None:
+                with contextlib.suppress(OSError):
+                    self.file.close()
 
 
 # Audio a PyAV encoder may hold unencoded (seconds): beyond it the engine's stream is not
@@ -337,12 +371,9 @@ async def _av_encode(pcm: AsyncIterator[bytes], encoder: AVEncoder) -> AsyncIter
             arrived.set()
 
     feeder = loop.create_task(feed())
-    running: asyncio.Future[Any] | None = None
 
     def run(function: Any, *args: Any) -> asyncio.Future[Any]:
-        nonlocal running
-        running = loop.run_in_executor(_ENCODE_THREADS, function, *args)
-        return running
+        return loop.run_in_executor(_ENCODE_THREADS, function, *args)
 
     # A whole-file format sends nothing before the end: no first bytes to hurry.
     started = encoder.file is not None
@@ -385,11 +416,8 @@ async def _av_encode(pcm: AsyncIterator[bytes], encoder: AVEncoder) -> AsyncIter
             feeder.cancel()
             with contextlib.suppress(BaseException):
                 await feeder
-        if running is not None and not running.done():
-            # Left mid-batch (client gone): libav is still busy in its thread; close after.
-            running.add_done_callback(lambda _: encoder.close())
-        else:
-            encoder.close()
+        # Left mid-batch (client gone): the thread still inside libav releases it after.
+        encoder.close()
 
 
 # --- ffmpeg -----------------------------------------------------------------------------------

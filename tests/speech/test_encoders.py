@@ -211,3 +211,19 @@ def test_four_requests_at_once_each_get_their_own_audio(server, fmt):
     # And the same request alone gives the same length.
     alone = decoded_seconds(speak(server.url, TEXTS[2], fmt), fmt)
     assert abs(alone - durations[2]) < 0.15
+
+
+def test_stop_while_a_chunk_is_still_being_encoded_is_safe():
+    # chat.encoding closes the body and stops the encoder at once: the thread still inside
+    # libav must not have the encoder freed under it.
+    async def scenario() -> None:
+        for _ in range(20):
+            encoder = await encoding.spawn("aac", RATE, "high", backend="pyav")
+            body = encoding.encode(chunks(tone(4.0), size=RATE * 2), encoder, "aac")
+            async for _ in body:
+                break
+            await body.aclose()
+            await encoding.stop(encoder)
+        await asyncio.sleep(0.5)  # let any encode still in a thread finish
+
+    asyncio.run(scenario())
