@@ -11,10 +11,12 @@ with exactly the documented keys. GET /asyncapi.yaml serves the file.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
 import re
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -64,9 +66,10 @@ def inlined(doc: dict[str, Any], node: Any) -> Any:
 
 
 def declared_keys(schema: dict[str, Any]) -> set[str]:
-    """The property names a payload schema declares (its own and its allOf parts')."""
+    """The property names a payload schema declares (its own and its parts': allOf, and any
+    branch of a oneOf, whose branches validation holds to their own keys)."""
     keys = set(schema.get("properties", {}))
-    for part in schema.get("allOf", []):
+    for part in (*schema.get("allOf", []), *schema.get("oneOf", [])):
         keys |= declared_keys(part)
     return keys
 
@@ -468,6 +471,94 @@ async def test_recording_socket_frames_are_the_documented_ones(settings, tmp_pat
     await socket.send(event="stop_recording")
     check_frame("recordingWebSocket", "resultFilePath", await socket.recv())
     await socket.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(60)
+async def test_progress_socket_frames_are_the_documented_ones():
+    every = Socket("/v1/status/progress/ws")
+    await every.open()
+    await every.send(hello=1)
+    check_frame("speechProgressAll", "error", await every.recv())
+    await every.close()
+    for job in ("not-a-uuid", "00000000-0000-4000-8000-000000000000"):
+        one = Socket(f"/v1/status/progress/{job}/ws")
+        await one.open()
+        check_frame("speechProgressJob", "error", await one.recv())
+        closed = await one.recv()
+        assert closed["<close>"] == 4404 and 4404 in close_codes("speechProgressJob")
+
+
+@pytest.fixture(scope="module")
+def parley_url() -> Iterator[str]:
+    """A real Parley (`python -m config.server`) on this leg's database: python-socketio's
+    client needs a real HTTP server."""
+    from tests.support.parley_server import running_server
+
+    with running_server(require_auth=False) as server:
+        yield server.url
+
+
+@pytest.mark.timeout(120)
+async def test_socketio_events_are_the_documented_ones(parley_url):
+    import socketio
+
+    from recordings.sio import NAMESPACE
+
+    assert document()["channels"]["recordingSocketIO"]["address"] == NAMESPACE
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    client = socketio.AsyncClient(reconnection=False)
+
+    @client.on("*", namespace=NAMESPACE)
+    async def any_event(event: str, data: Any = None) -> None:
+        await events.put((event, data))
+
+    async def next_event() -> tuple[str, Any]:
+        return await asyncio.wait_for(events.get(), 20)
+
+    await client.connect(
+        parley_url,
+        namespaces=[NAMESPACE],
+        auth={"sample_rate_hz": 16000},
+        transports=["websocket"],
+    )
+    try:
+        event, data = await next_event()
+        assert event == "response"
+        check_frame("recordingSocketIO", "response", data)
+        await client.emit(
+            "audio_chunk", {"chunk": pcm(0.1, sample_rate=16000)}, namespace=NAMESPACE
+        )
+        event, data = await next_event()
+        assert (event, data) == ("response", {"message": "received chunk"})
+        check_frame("recordingSocketIO", "response", data)
+        await client.emit("audio_chunk", {"chunk": "not bytes"}, namespace=NAMESPACE)
+        event, data = await next_event()
+        assert event == "error"
+        check_frame("recordingSocketIO", "error", data)
+        await client.emit("stop_recording", namespace=NAMESPACE)
+        event, data = await next_event()
+        assert event == "result_file_path"
+        check_frame("recordingSocketIO", "result_file_path", data)
+    finally:
+        await client.disconnect()
+
+    # A refused connection: Socket.IO's connect_error, its data the error object.
+    refused = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+
+    @refused.on("connect_error", namespace=NAMESPACE)
+    async def connect_error(data: Any = None) -> None:
+        errors.append(data)
+
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await refused.connect(
+            parley_url, namespaces=[NAMESPACE], auth={"format": "nope"}, transports=["websocket"]
+        )
+    await refused.disconnect()
+    # The CONNECT_ERROR packet's data: {"message": the detail, "data": the error object}.
+    assert len(errors) == 1 and errors[0]["data"]["error"] == "invalid_format", errors
+    check_frame("recordingSocketIO", "connect_error", errors[0])
 
 
 @pytest.mark.django_db
