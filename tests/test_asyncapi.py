@@ -1,5 +1,7 @@
 """docs/asyncapi.yaml: a valid AsyncAPI 3.0.0 document (the official JSON Schema, vendored in
 tests/data/asyncapi/, checked with jsonschema: no network) that agrees with the code.
+jsonschema and PyYAML are drf-spectacular's own dependencies (requirements/base.txt), so the
+check needs nothing more installed.
 
 Agreement: every route of the WebSocket router is a channel (and the Socket.IO namespace is
 one); each channel's `x-close-codes` are its consumer's CLOSE_* constants; the message types
