@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -769,10 +770,35 @@ def _postgres_cursor() -> Any:
     the statement's text as a hex literal, twice their size, built in Python. A plain
     `psycopg.Cursor` sends parameters apart from the text, `%b` ones in binary.
     """
-    import psycopg
-
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
+
+
+ROOM_LOCK = "SELECT id FROM streams_room WHERE name = %s"
+STREAM_READ = (
+    "SELECT s.id, s.room_id, s.speaker, s.status, s.sample_rate_hz, s.channels,"
+    " s.bytes_per_sample, s.playback_speed, s.total_bytes, s.chunk_count,"
+    " s.next_emit_seq, s.emitted_bytes, s.playhead_at, s.turn_id, t.status,"
+    " t.lease_expires_at FROM streams_stream s"
+    " LEFT JOIN streams_turn t ON t.id = s.turn_id WHERE s.stream_id = %s"
+)
+
+
+def _lock_and_read_pipelined(first: ChunkIn) -> tuple[tuple | None, tuple | None]:
+    """PostgreSQL: lock the room row, then read the stream, in one round trip.
+
+    psycopg's pipeline mode sends both statements (and the transaction's BEGIN if it is
+    the first) before reading any answer; the server still runs them one after the other,
+    so the stream is read only once the room lock is held, as fresh as with two trips.
+    Returns (room row or None, stream row or None).
+    """
+    raw = connection.connection
+    room_cursor, stream_cursor = psycopg.Cursor(raw), psycopg.Cursor(raw)
+    with room_cursor, stream_cursor:
+        with raw.pipeline():
+            room_cursor.execute(ROOM_LOCK + " FOR UPDATE", [first.room_name])
+            stream_cursor.execute(STREAM_READ, [first.stream_id])
+        return room_cursor.fetchone(), stream_cursor.fetchone()
 
 
 def _ingest_next_in_order(chunk: ChunkIn, now: datetime) -> dict[str, Any] | None:
@@ -801,22 +827,18 @@ def _ingest_in_order_run(run: list[ChunkIn], now: datetime) -> list[dict[str, An
     postgres = connection.vendor == "postgresql"
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM streams_room WHERE name = %s" + lock, [first.room_name])
-        row = cursor.fetchone()
-        if row is None:
+        if postgres:
+            room_row, row = _lock_and_read_pipelined(first)
+        else:
+            cursor.execute(ROOM_LOCK + lock, [first.room_name])
+            room_row = cursor.fetchone()
+            row = None
+            if room_row is not None:
+                cursor.execute(STREAM_READ, [first.stream_id])
+                row = cursor.fetchone()
+        if room_row is None or row is None:
             return None
-        room_id = row[0]
-        cursor.execute(
-            "SELECT s.id, s.room_id, s.speaker, s.status, s.sample_rate_hz, s.channels,"
-            " s.bytes_per_sample, s.playback_speed, s.total_bytes, s.chunk_count,"
-            " s.next_emit_seq, s.emitted_bytes, s.playhead_at, s.turn_id, t.status,"
-            " t.lease_expires_at FROM streams_stream s"
-            " LEFT JOIN streams_turn t ON t.id = s.turn_id WHERE s.stream_id = %s",
-            [first.stream_id],
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return None
+        room_id = room_row[0]
         (stream_pk, stream_room, speaker, status, rate, channels, width, speed, total, count,
          next_seq, emitted, playhead, turn_id, turn_status, lease) = row  # fmt: skip
         fmt = first.fmt

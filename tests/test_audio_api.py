@@ -278,8 +278,13 @@ def test_next_in_order_chunk_takes_the_lean_path():
         ack = send(1)
     assert ack["received_chunks"] == 2 and ack["received_bytes"] == 9600
     statements = [q["sql"].split()[0].upper() for q in queries.captured_queries]
-    assert statements.count("SELECT") == 2, statements
-    assert len(statements) <= 9, statements  # BEGIN, 2 SELECT, 2 INSERT, 2-3 UPDATE, COMMIT
+    if connection.vendor == "postgresql":
+        # The room lock and the stream read (one pipelined round trip) and the write (one
+        # statement) run on psycopg cursors of their own, outside Django's query log.
+        assert "SELECT" not in statements and "INSERT" not in statements, statements
+    else:
+        assert statements.count("SELECT") == 2, statements
+        assert len(statements) <= 9, statements  # BEGIN, 2 SELECT, 2 INSERT, 2-3 UPDATE, COMMIT
     chunk = Chunk.objects.get(seq=1)
     assert (chunk.offset_bytes, chunk.size) == (4800, 4800)
     first = Chunk.objects.get(seq=0)
