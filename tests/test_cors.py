@@ -43,6 +43,7 @@ SURFACES = [
     ("GET", "/static/audio/nope.wav"),
     ("POST", "/streaming/force_stop"),
     ("GET", "/openapi.json"),
+    ("GET", "/asyncapi.yaml"),
 ]
 PAGES = ["/", "/rooms/lobby/", "/tts/", "/record/", "/admin/login/"]
 

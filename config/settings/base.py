@@ -252,7 +252,7 @@ CORS_ALLOW_ALL_ORIGINS = _cors["CORS_ALLOW_ALL_ORIGINS"]
 CORS_ALLOWED_ORIGINS = _cors["CORS_ALLOWED_ORIGINS"]
 # The API paths (config/handlers.API_PREFIXES) and the schema; pages and the admin get none.
 CORS_URLS_REGEX = (
-    r"^/(?:audio|api/|v1/|chat|health|memory|streaming/|static/audio/|openapi\.json$"
+    r"^/(?:audio|api/|v1/|chat|health|memory|streaming/|static/audio/|openapi\.json$|asyncapi\.yaml$"
     r"|status|processing|history|stats|info|ping|config|endpoints|routes|languages)"
 )
 # Request headers a page may send: JSON bodies and keys, byte ranges, the recording key, and
