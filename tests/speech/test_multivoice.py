@@ -4,6 +4,7 @@ application (the suite's database: SQLite or PostgreSQL) and a real daphne for t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -17,7 +18,7 @@ from channels.db import database_sync_to_async
 from config.asgi import application
 from speech.models import SpeechJob
 from speech.params import MAX_SEGMENTS, Segment, joined_text, segment_offsets
-from speech.services import synthesis_stream, usage_for
+from speech.services import _RECORDERS, synthesis_stream, usage_for
 from tests.speech.audio import decoded_seconds
 from tests.support.errors import flat_error
 from tests.tts.test_openai_compat import Script, SpeechServer
@@ -186,6 +187,9 @@ async def test_the_job_records_the_whole_request_and_each_segment():
     async with http() as client:
         response = await speak(client, input=DIALOGUE, voice="alloy", response_format="pcm")
     job_id = response.headers["x-speech-job-id"]
+    # The job's final state is written by its recorder just after the stream ends.
+    if _RECORDERS:
+        await asyncio.wait(list(_RECORDERS), timeout=5)
     job = await database_sync_to_async(SpeechJob.objects.get)(pk=job_id)
     text = joined_text(Segment(**segment) for segment in DIALOGUE)
     assert job.text == text and job.text_chars == len(text)
