@@ -1,11 +1,12 @@
-"""The core benchmark (issue #2 §12): release lateness, chunk latency, ingest throughput.
+"""The core benchmark (issue #2 §12): release lateness, chunk latency, ingest throughput, WS ingest.
 
     .venv/bin/python -m bench.core                 # both backends, about 3 minutes
     .venv/bin/python -m bench.core --quick         # a smoke run, under a minute
     .venv/bin/python -m bench.core --backends embedded --profile /tmp/prof
 
-Each backend gets its own daphne (DJANGO_SETTINGS_MODULE=bench.settings), started by the
-bench on a fresh database, and three phases run against it in this order:
+Each backend gets its own daphne (DJANGO_SETTINGS_MODULE=bench.settings, serving
+bench.asgi:application), started by the bench on a fresh database, and four phases run
+against it, by default in this order:
 
 1. lateness    several rooms, each with one WebSocket spectator, play short streams one after
                another; for each stream: spectator's receipt of `playback_done` minus the
@@ -14,6 +15,11 @@ bench on a fresh database, and three phases run against it in this order:
                every spectator: receipt of its `audio_chunk` minus the moment the POST was sent.
 3. throughput  wrk (bench/ingest.lua) against POST /audio and against the bench-only bare view
                POST /bench/bare on the same daphne, alternating, same bodies.
+4. ws          N sockets stream chunks over WS /ws/audio with a pipelined window (binary, then
+               JSON frames), acked chunks/s, against the bench-only bare echo WS /bench/ws-echo
+               on the same daphne (bench/asgi.py), alternating, same frames (issue 11 §2).
+
+`--phases ws,wrk` runs only those (wrk = throughput), in the order given.
 
 See bench/README.md for what the numbers mean and docs/benchmarks.md for results.
 """
