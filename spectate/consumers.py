@@ -86,6 +86,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         self._ended = False
         self._busy = False  # a handler runs: live events wait in the inbox
         self._dropped = False
+        self._resume_from = 0
         # config/server.py's writer of pre-built frames; None under another server.
         self._write = scope.get("extensions", {}).get("parley.frames", {}).get("write")
         self._buffer_cap = settings.PARLEY_SPECTATOR_BUFFER_BYTES
@@ -165,13 +166,16 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         await self._close_too_slow()
 
     async def _close_too_slow(self) -> None:
-        logger.info("spectator of %s too slow: closed at id %s", self.room, self.last_sent)
+        # Dropped in its join's backlog (older audio after the state): resuming after the
+        # state's id gives every event since, as the id contract says.
+        after = getattr(self, "last_sent", self._resume_from)
+        logger.info("spectator of %s too slow: closed at id %s", self.room, after)
         with contextlib.suppress(Exception):
             await self.base_send(
                 {
                     "type": "websocket.close",
                     "code": CLOSE_TOO_SLOW,
-                    "reason": f"too_slow: resume with after={self.last_sent}",
+                    "reason": f"too_slow: resume with after={after}",
                 }
             )
         raise StopConsumer
@@ -192,6 +196,7 @@ class SpectatorConsumer(AsyncJsonWebsocketConsumer):
         joined = await runtime.run_db(
             spectator_join, room_name=self.room, channel_name=self.channel_name, after=after
         )
+        self._resume_from = joined["resume_from"]
         for message in joined["messages"]:
             await self.send_event(json.dumps(message))
         if backlog := joined.get("backlog"):
