@@ -178,6 +178,7 @@ class _Head:
     total_bytes: int
     fmt: PcmFormat
     first_seq: int = 0  # chunk_count when locked: the group's first chunk of this recording
+    room_pk: int = 0  # the stream's room (chunk rows carry it)
 
     @classmethod
     def lock_many(cls, recording_ids: list[int]) -> dict[int, _Head]:
@@ -189,17 +190,18 @@ class _Head:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT r.id, r.status, r.broadcast, r.container, s.id, s.stream_id, "
-                "s.chunk_count, s.total_bytes, s.sample_rate_hz, s.channels, s.bytes_per_sample "
+                "s.chunk_count, s.total_bytes, s.sample_rate_hz, s.channels, s.bytes_per_sample, "
+                "s.room_id "
                 f"FROM {_RECORDING} r JOIN {_STREAM} s ON s.id = r.stream_id "
                 f"WHERE r.id IN ({marks}) ORDER BY r.id" + lock,
                 ids,
             )
             rows = cursor.fetchall()
         heads = {}
-        for recording_id, *head, rate, channels, width in rows:
+        for recording_id, *head, rate, channels, width, room_pk in rows:
             head[1] = bool(head[1])  # SQLite answers 0/1
             heads[recording_id] = cls(
-                *head, fmt=PcmFormat(rate, channels, width), first_seq=head[5]
+                *head, fmt=PcmFormat(rate, channels, width), first_seq=head[5], room_pk=room_pk
             )
         return heads
 
@@ -284,7 +286,9 @@ def recording_chunks_add(chunks: list[ChunkIn]) -> list[ChunkAck | ApiError | Re
             if head.broadcast and head.container == PCM:
                 _add_broadcast(head.stream_pk, data, now)
             else:
-                rows.append((head.stream_pk, head.chunk_count, data, len(data), received_at))
+                rows.append(
+                    (head.stream_pk, head.room_pk, head.chunk_count, data, len(data), received_at)
+                )
             answers.append(
                 ChunkAck(head.chunk_count, head.total_bytes + len(data), head.chunk_count + 1)
             )
@@ -293,8 +297,8 @@ def recording_chunks_add(chunks: list[ChunkIn]) -> list[ChunkAck | ApiError | Re
         with connection.cursor() as cursor:
             if rows:
                 cursor.executemany(
-                    f"INSERT INTO {_CHUNK} (stream_id, seq, data, size, received_at) "
-                    "VALUES (%s, %s, %s, %s, %s)",
+                    f"INSERT INTO {_CHUNK} (stream_id, room_id, seq, data, size, received_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
                     rows,
                 )
             progress = [
@@ -368,7 +372,14 @@ def _duration_ms(stream: Stream) -> int:
 
 
 def _publish(stream: Stream, data: bytes, now: datetime) -> None:
-    chunk = Chunk(stream=stream, seq=stream.chunk_count, data=data, size=len(data), received_at=now)
+    chunk = Chunk(
+        stream=stream,
+        room_id=stream.room_id,
+        seq=stream.chunk_count,
+        data=data,
+        size=len(data),
+        received_at=now,
+    )
     batch = EventBatch(stream.room)
     # The core's own audio_chunk publisher: one event shape and one playhead for every stream.
     chunk_publish(stream, chunk, batch, now)

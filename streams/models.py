@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -158,6 +159,9 @@ class Stream(models.Model):
 
 class Chunk(models.Model):
     stream = models.ForeignKey(Stream, on_delete=models.CASCADE, related_name="chunks")
+    # The stream's room, repeated: every room-scoped table carries the room, so the largest
+    # one can be partitioned or distributed by room with the rest (docs/scaling.md).
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
     seq = models.PositiveIntegerField()
     data = models.BinaryField()
     size = models.PositiveIntegerField()
@@ -174,6 +178,11 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stream_id}#{self.seq}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.room_id is None and self.stream_id is not None:
+            self.room_id = self.stream.room_id
+        super().save(*args, **kwargs)
 
 
 class Utterance(models.Model):

@@ -638,7 +638,12 @@ def chunk_ingest(chunk: ChunkIn) -> dict[str, Any]:
                 status_code=413,
             )
         record = Chunk(
-            stream=stream, seq=chunk.seq, data=chunk.data, size=len(chunk.data), received_at=now
+            stream=stream,
+            room_id=stream.room_id,
+            seq=chunk.seq,
+            data=chunk.data,
+            size=len(chunk.data),
+            received_at=now,
         )
         in_order = chunk.seq == stream.next_emit_seq
         buffered_before = stream.chunk_count - stream.next_emit_seq
@@ -714,7 +719,7 @@ def _aware(moment: datetime) -> datetime:
 # "(%s, ..., %s)" per chunk: a run of chunks is one statement.
 INSERT_CHUNKS = (
     "INSERT INTO streams_chunk"
-    " (stream_id, seq, data, size, received_at, offset_bytes, play_start_at)"
+    " (stream_id, room_id, seq, data, size, received_at, offset_bytes, play_start_at)"
     " VALUES {rows} RETURNING id, seq"
 )
 UPDATE_PROGRESS = (
@@ -873,6 +878,7 @@ def _ingest_in_order_run(run: list[ChunkIn], now: datetime) -> list[dict[str, An
             start, playhead_s = advance_playhead(playhead_s, now.timestamp(), fmt.duration_s(size))
             chunk_params += [
                 stream_pk,
+                room_id,
                 chunk.seq,
                 chunk.data,
                 size,
@@ -916,7 +922,7 @@ def _ingest_in_order_run(run: list[ChunkIn], now: datetime) -> list[dict[str, An
             stream_pk,
         ]
         if postgres:
-            row_sql = "(%s, %s, " + BINARY_PARAM + ", %s, %s, %s, %s)"
+            row_sql = "(%s, %s, %s, " + BINARY_PARAM + ", %s, %s, %s, %s)"
             sql = POSTGRES_RUN.format(
                 rows=", ".join([row_sql] * n), events=", ".join(["(%s, %s)"] * n)
             )
@@ -929,7 +935,7 @@ def _ingest_in_order_run(run: list[ChunkIn], now: datetime) -> list[dict[str, An
                 last_event_id = max(seq for (seq,) in raw.fetchall())
         else:
             cursor.execute(
-                INSERT_CHUNKS.format(rows=", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n)),
+                INSERT_CHUNKS.format(rows=", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * n)),
                 chunk_params,
             )
             chunk_ids = {seq: pk for pk, seq in cursor.fetchall()}
