@@ -88,7 +88,8 @@ class IngestSession:
             await self._refuse(refused, CLOSE_UNAUTHORIZED)
             return False
         try:
-            self.room = services.validate_room_name(query.get("room") or "default")
+            # Only a missing room means "default": `room=` is refused, as everywhere in the API.
+            self.room = services.validate_room_name(query.get("room", "default"))
             self.speaker = resolve_speaker(principal, query.get("speaker"), "agent")
             services.validate_speaker(self.speaker)
             self._binary_query = {
@@ -135,9 +136,7 @@ class IngestSession:
         try:
             values = json_loads(text)
             if not isinstance(values, dict):
-                raise ApiError(
-                    "invalid_json", "A text frame must be a JSON object (a chunk).", field=None
-                )
+                raise _MALFORMED  # POST /audio's code for a body that is not an object
             seq = values.get("seq")
             values.setdefault("room", self.room)
             requested = values.get("speaker")

@@ -106,7 +106,7 @@ async def test_binary_frames_of_the_stream_the_query_names():
     ("frame", "error", "field"),
     [
         ("not json", "malformed_json", None),
-        ("[1, 2]", "invalid_json", None),
+        ("[1, 2]", "malformed_json", None),
         ('{"stream_id": "h", "seq": ' + "9" * 5000 + ', "data": ""}', "invalid_seq", "seq"),
         ('{"stream_id": "h", "seq": -1, "data": ""}', "invalid_seq", "seq"),
         ('{"stream_id": "h", "seq": 0, "data": "***"}', "bad_base64", "data"),
@@ -187,8 +187,10 @@ async def test_a_client_past_the_window_is_told_and_closed(settings):
     await socket.ws.wait(timeout=10)
 
 
-async def test_a_refused_handshake_says_why():
-    socket, refused = await connect("room=has%20space")
+@pytest.mark.parametrize("query", ["room=has%20space", "room=&speaker=alice"])
+async def test_a_refused_handshake_says_why(query):
+    # An empty `room=` is refused like anywhere in the API; only a missing one means default.
+    socket, refused = await connect(query)
     assert (refused["error"], refused["field"]) == ("invalid_room", "room")
     closed = await socket.recv()
     assert closed == {"type": "<close>", "code": 4400, "reason": "invalid_room"}
