@@ -87,6 +87,10 @@ def _range_text(kind: str, minimum: float, maximum: float) -> str:
     return f"{kind} from {minimum:g} to {maximum:g}"
 
 
+def _int_detail(what: str, minimum: int, maximum: int, why: str = "") -> str:
+    return (what or _range_text("an integer", minimum, maximum)) + why
+
+
 def parse_int(
     value: Any,
     *,
@@ -106,7 +110,7 @@ def parse_int(
     1" where `maximum` is only a technical bound). Raises ApiError `invalid_<field>`
     (field=`field`) otherwise.
     """
-    what = what or _range_text("an integer", minimum, maximum)
+    # The range text is only built for a refusal: five integer fields per chunk.
     number: int | None = None
     if isinstance(value, bool):
         number = None
@@ -115,21 +119,21 @@ def parse_int(
     elif isinstance(value, float):
         if math.isfinite(value) and value.is_integer():
             if not minimum <= value <= maximum:
-                raise _invalid(field, what + why, value)
+                raise _invalid(field, _int_detail(what, minimum, maximum, why), value)
             number = int(value)
     elif isinstance(value, HugeInt):
-        raise _invalid(field, what + why, value)
+        raise _invalid(field, _int_detail(what, minimum, maximum, why), value)
     elif text and isinstance(value, str):
         stripped = value.strip()
         if INT_TEXT.fullmatch(stripped):
             digits = stripped.split(".", 1)[0]
             if len(digits.lstrip("+-")) > MAX_DIGITS:
-                raise _invalid(field, what + why, value)
+                raise _invalid(field, _int_detail(what, minimum, maximum, why), value)
             number = int(digits)
     if number is None:
-        raise _invalid(field, what, value)
+        raise _invalid(field, _int_detail(what, minimum, maximum), value)
     if not minimum <= number <= maximum:
-        raise _invalid(field, what + why, value)
+        raise _invalid(field, _int_detail(what, minimum, maximum, why), value)
     return number
 
 
@@ -141,7 +145,6 @@ def parse_number(
     Takes an int, a float or a HugeInt (always out of range); with `text=True` also a
     decimal string (`1.5`, `2e-1`; never `nan` or `inf`). Raises ApiError `invalid_<field>`.
     """
-    what = _range_text("a number", minimum, maximum)
     number: float | None = None
     if isinstance(value, bool):
         number = None
@@ -157,7 +160,7 @@ def parse_number(
         if len(stripped) <= MAX_NUMBER_TEXT and NUMBER_TEXT.fullmatch(stripped):
             number = float(stripped)
     if number is None or math.isnan(number):
-        raise _invalid(field, what, value)
+        raise _invalid(field, _range_text("a number", minimum, maximum), value)
     if not minimum <= number <= maximum:
-        raise _invalid(field, what, value)
+        raise _invalid(field, _range_text("a number", minimum, maximum), value)
     return number
