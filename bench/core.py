@@ -56,7 +56,13 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 
 from bench.http import HttpPool
-from tests.support.servers import PROJECT_ROOT, DaphneProcess, postgres_url, redis_url
+from tests.support.servers import (
+    PARLEY_SERVER,
+    PROJECT_ROOT,
+    DaphneProcess,
+    postgres_url,
+    redis_url,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "ingest.lua"
@@ -938,8 +944,14 @@ def run_backend(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with backend_env(name, args) as env:
         database = urlsplit(env["DATABASE_URL"] or "").path.strip("/")
         CpuMeter.markers = (f" {database} ", "redis-server") if database else ()
+        # What bin/serve and the Dockerfile run (config.server: daphne plus the spectator
+        # frame fast path, limits and timeouts), not bare daphne.
         server = DaphneProcess(
-            BENCH_APP, env=env, name=f"daphne-{name}", extra_args=shlex.split(args.daphne_args)
+            BENCH_APP,
+            env=env,
+            name=f"daphne-{name}",
+            server=PARLEY_SERVER,
+            extra_args=shlex.split(args.daphne_args),
         )
         try:
             time.sleep(0.5)  # first sweep, connection pool warm-up

@@ -60,7 +60,7 @@ async def audio_view(request: HttpRequest) -> JsonResponse:
         require_writer(principal)
         speaker = resolve_speaker(principal, values.get("speaker"), "agent")
         chunk = chunk_from_request(values, raw_data=raw, speaker=speaker)
-        result = await runtime.run_db(services.chunk_ingest, chunk)
+        result = await runtime.run_room_db(chunk.room_name, services.chunk_ingest, chunk)
     except ApiError as exc:
         return error_response(exc)
     except ValidationError as exc:

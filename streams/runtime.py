@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -164,6 +165,7 @@ class Runtime:
         self._executor: Executor | None = None
         self._clock_executor: ThreadPoolExecutor | None = None
         self._alarm = Alarm(name="parley-alarm")
+        self._room_lanes: list[ThreadPoolExecutor] | None = None
         self._checkpointer: threading.Thread | None = None
         self._lock = threading.Lock()
         # Channel names of spectator sockets served by this process (for the heartbeat).
@@ -248,6 +250,26 @@ class Runtime:
         """Run blocking ORM work off the loop, on the runtime's database executor."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, partial(_db_call, fn, args, kwargs))
+
+    async def run_room_db(self, room: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like run_db, for a write to `room` that should keep its arrival order: on
+        PostgreSQL each room's writes queue on one of PARLEY_DB_ROOM_LANES single threads (by
+        a hash of its name). The room's row lock serializes them anyway; from a pool, a room's
+        chunks reached it in whatever order the threads took the lock, and every chunk
+        overtaken by the next one took the slow out-of-order path (docs/benchmarks.md,
+        "Core"). SQLite's one writer thread keeps the order already."""
+        if connection.vendor == "sqlite":
+            return await self.run_db(fn, *args, **kwargs)
+        with self._lock:
+            if self._room_lanes is None:
+                self._room_lanes = [
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parley-room-{n}")
+                    for n in range(max(1, settings.PARLEY_DB_ROOM_LANES))
+                ]
+            lanes = self._room_lanes
+        lane = lanes[zlib.crc32(room.encode()) % len(lanes)]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(lane, partial(_db_call, fn, args, kwargs))
 
     async def run_clock_db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like run_db, for timers and the sweeper: ahead of queued ingest work."""

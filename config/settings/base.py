@@ -335,6 +335,9 @@ PARLEY_SPECTATOR_BUFFER_BYTES = env_int("PARLEY_SPECTATOR_BUFFER_BYTES", 1024 * 
 # they are dropped and the socket reads them from the log instead (no close).
 PARLEY_SPECTATOR_QUEUE = env_int("PARLEY_SPECTATOR_QUEUE", 256)
 PARLEY_DB_THREADS = env_int("PARLEY_DB_THREADS", 8)
+# PostgreSQL: single threads that POST /audio's chunks queue on, by room (streams/runtime.py
+# run_room_db), so a room's chunks reach the database in the order they arrived.
+PARLEY_DB_ROOM_LANES = env_int("PARLEY_DB_ROOM_LANES", 4)
 # SQLite: how often the server checkpoints the WAL, off the request path.
 PARLEY_SQLITE_CHECKPOINT_S = env_float("PARLEY_SQLITE_CHECKPOINT_S", 5.0)
 # Threads for timers and the sweeper on PostgreSQL (SQLite's one DB thread serves them first).
