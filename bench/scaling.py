@@ -42,6 +42,7 @@ from tests.support.servers import PROJECT_ROOT, postgres_url, redis_url
 
 CHUNK_BYTES = 480 * 10  # 100 ms of 24 kHz 16-bit mono: the wrk/ingest chunk of bench.core
 GROUP = 16
+STREAM_CHUNKS = 4096  # chunks per stream (a multiple of GROUP; 19.7 MB of audio)
 
 
 # --- inner: runs inside a Django process of one backend --------------------------------------
@@ -60,11 +61,14 @@ async def _room_rate(
     counts = [0] * rooms
 
     async def speaker(index: int) -> None:
-        room = f"scale-{tag}-{index}"
         seq = 0
         while time.perf_counter() < deadline:
+            # A fresh room every STREAM_CHUNKS chunks: a stream may not pass
+            # PARLEY_MAX_STREAM_BYTES, and its room's floor stays with it.
+            room = f"scale-{tag}-{index}-{seq // STREAM_CHUNKS}"
+            first = seq % STREAM_CHUNKS
             chunks = [
-                ChunkIn(room, "bench", f"{room}-s", seq + i, data, False, "", fmt)
+                ChunkIn(room, "bench", f"{room}-s", first + i, data, False, "", fmt)
                 for i in range(group)
             ]
             if group == 1:
@@ -206,10 +210,10 @@ def redis_publish(url: str, seconds: float) -> dict[str, Any]:
     return out
 
 
-PG_SET = "\\set n random(1, 1000000000)"
+PG_SET = "-- each row its own seq: the unique (stream_id, seq) index is written as Chunk's is"
 PG_INSERT = (
     "INSERT INTO scaling_chunk (stream_id, seq, data)"
-    " VALUES (:client_id, :n + {i}, decode(repeat('00', {size}), 'hex'));"
+    " VALUES (:client_id, nextval('scaling_seq'), decode(repeat('00', {size}), 'hex'));"
 )
 
 
@@ -231,11 +235,12 @@ def pg_writes(server_url: str, seconds: float) -> dict[str, Any]:
                 "CREATE TABLE scaling_chunk (id bigserial PRIMARY KEY, stream_id int, seq int,"
                 " data bytea, UNIQUE (stream_id, seq))"
             )
+            conn.execute("CREATE SEQUENCE scaling_seq")
         with tempfile.TemporaryDirectory() as tmp:
             one = Path(tmp, "one.sql")
-            one.write_text(f"{PG_SET}\n{PG_INSERT.format(i=0, size=CHUNK_BYTES)}\n")
+            one.write_text(f"{PG_SET}\n{PG_INSERT.format(size=CHUNK_BYTES)}\n")
             many = Path(tmp, "many.sql")
-            rows = [PG_INSERT.format(i=i, size=CHUNK_BYTES) for i in range(GROUP)]
+            rows = [PG_INSERT.format(size=CHUNK_BYTES)] * GROUP
             many.write_text("\n".join([PG_SET, "BEGIN;", *rows, "COMMIT;"]) + "\n")
             for label, script, per in (("commit_per_row", one, 1), ("commit_per_16", many, GROUP)):
                 for clients in (1, 4):
