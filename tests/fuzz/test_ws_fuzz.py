@@ -1,8 +1,9 @@
 """Hostile WebSocket clients against a real daphne (issue 8, section 4).
 
-The spectator (`/spectate/ws`), recording (`/ws/streaming`), agent (`/ws/agent`) and speech
-(`/v1/audio/speech/ws`) sockets get hypothesis-generated query strings and frames (wrong JSON
-types, huge numbers, binary, invalid UTF-8) and end abruptly. Every frame is answered by an
+The spectator (`/spectate/ws`), recording (`/ws/streaming`), agent (`/ws/agent`), speech
+(`/v1/audio/speech/ws`) and chunk ingest (`/ws/audio`) sockets get hypothesis-generated
+query strings and frames (wrong JSON types, huge numbers, binary, invalid UTF-8) and end
+abruptly. Every frame is answered by an
 error frame or a close with a code — never a 5xx handshake, a 1011 or silence — and
 afterwards no spectator is counted and the server's memory is flat after ~1,000 more
 (bench/fuzz_ws.py runs 10,000).
@@ -44,7 +45,10 @@ names = st.sampled_from([*FUZZ_ROOMS, "%00", "a" * 100, "..", "%C3%BC", "x y"])
 query_values = st.one_of(numbers, names, st.text(max_size=20).map(quote))
 query = st.dictionaries(
     st.sampled_from(
-        ["room", "after", "sample_rate_hz", "channels", "bytes_per_sample", "format", "speaker"]
+        [
+            *("room", "after", "sample_rate_hz", "channels", "bytes_per_sample", "format"),
+            *("speaker", "stream_id", "seq"),
+        ]
     ),
     query_values,
     max_size=4,
@@ -91,7 +95,9 @@ frames = st.lists(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    endpoint=st.sampled_from(["/spectate/ws", "/ws/streaming", "/ws/agent", "/v1/audio/speech/ws"]),
+    endpoint=st.sampled_from(
+        ["/spectate/ws", "/ws/streaming", "/ws/agent", "/v1/audio/speech/ws", "/ws/audio"]
+    ),
     query=query,
     with_key=st.booleans(),
     frames=frames,
@@ -104,7 +110,7 @@ def test_every_frame_is_answered(fuzz_server, endpoint, query, with_key, frames,
     problem = session(
         fuzz_server.daphne.port, path, frames, ending=ending, must_answer=must_answer(path)
     )
-    assert problem is None, (endpoint, query, frames)
+    assert problem is None, (problem, endpoint, query, frames)
 
 
 def test_memory_and_presence_are_flat_after_many_hostile_connections(fuzz_server):
